@@ -1,0 +1,30 @@
+//! The gRPC API between the Podvisor runtime and `podvisor-agent`, the PID 1
+//! of every pod VM. See `agent.proto` for the contract and its versioning.
+
+/// Generated types and services of `podvisor.agent.v1`.
+pub mod v1 {
+    tonic::include_proto!("podvisor.agent.v1");
+
+    /// Bumped whenever methods or fields are added within v1.
+    pub const PROTOCOL_VERSION: u32 = 1;
+
+    /// The vsock port the agent listens on inside the guest.
+    pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+    /// Name of the virtio-serial port the agent opens on the qemu backend.
+    pub const AGENT_SERIAL_PORT_NAME: &str = "podvisor.agent";
+}
+
+pub use v1::*;
+
+impl From<std::time::SystemTime> for v1::Timestamp {
+    fn from(t: std::time::SystemTime) -> Self {
+        let d = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        v1::Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }
+    }
+}

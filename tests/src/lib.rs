@@ -1,0 +1,1 @@
+//! Shared fixtures for Podvisor's integration tests.
