@@ -19,9 +19,7 @@ pub use v1::*;
 
 impl From<std::time::SystemTime> for v1::Timestamp {
     fn from(t: std::time::SystemTime) -> Self {
-        let d = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         v1::Timestamp {
             seconds: d.as_secs() as i64,
             nanos: d.subsec_nanos() as i32,

@@ -1,0 +1,454 @@
+//! Turns the runtime's OCI spec into the one the agent runs: the rootfs it
+//! mounted, the pod's shared files, and the defaults a pod expects where the
+//! spec leaves a field out (rlimits, capabilities, namespaces, mounts).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
+    LinuxCapabilities, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, RootBuilder, Spec,
+};
+
+use crate::error::{AgentError, Result};
+
+/// Soft and hard RLIMIT_NOFILE / RLIMIT_NPROC of every process the agent
+/// starts, unless the spec says otherwise (Fargate's values).
+pub const DEFAULT_RLIMIT_SOFT: u64 = 1024;
+pub const DEFAULT_RLIMIT_HARD: u64 = 65535;
+
+/// containerd's default capability set for unprivileged containers.
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Files the agent writes at sandbox setup and bind-mounts into every
+/// container that does not mount the same target itself.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxFiles {
+    pub hosts: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+    pub hostname: Option<PathBuf>,
+}
+
+/// Hard limits the agent cannot raise (it lacks CAP_SYS_RESOURCE): requested
+/// hard limits above them are lowered to them, with a warning, because the
+/// kernel would refuse the whole container otherwise.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RlimitCeiling {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+}
+
+pub struct SpecContext<'a> {
+    pub container_id: &'a str,
+    pub rootfs: &'a Path,
+    pub cgroups_parent: &'a str,
+    pub sandbox_files: &'a SandboxFiles,
+    pub tty: bool,
+    pub ceiling: RlimitCeiling,
+}
+
+pub fn parse_spec(json: &[u8]) -> Result<Spec> {
+    if json.is_empty() {
+        return Err(AgentError::MalformedSpec("oci_spec_json is empty".into()));
+    }
+    serde_json::from_slice(json).map_err(|e| AgentError::MalformedSpec(e.to_string()))
+}
+
+pub fn parse_process(json: &[u8]) -> Result<Process> {
+    if json.is_empty() {
+        return Err(AgentError::MalformedSpec(
+            "oci_process_json is empty".into(),
+        ));
+    }
+    serde_json::from_slice(json).map_err(|e| AgentError::MalformedSpec(e.to_string()))
+}
+
+/// Adjusts a container's spec in place.
+pub fn prepare_spec(spec: &mut Spec, ctx: &SpecContext<'_>) -> Result<()> {
+    if !spec.version().starts_with("1.") {
+        return Err(AgentError::MalformedSpec(format!(
+            "ociVersion {:?} is not 1.x",
+            spec.version()
+        )));
+    }
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| AgentError::MalformedSpec("the spec has no process".into()))?;
+    validate_process(&process)?;
+    process.set_terminal(Some(ctx.tty));
+    fill_process_defaults(&mut process, ctx.ceiling);
+    spec.set_process(Some(process));
+
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(ctx.rootfs)
+            .readonly(readonly)
+            .build()
+            .map_err(|e| AgentError::MalformedSpec(e.to_string()))?,
+    ));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_else(get_default_mounts);
+    add_sandbox_mounts(&mut mounts, ctx.sandbox_files);
+    spec.set_mounts(Some(mounts));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_else(default_namespaces);
+    // The pod's network is the VM's: containers never get a network
+    // namespace of their own, or they would have no interface at all.
+    let namespaces: Vec<LinuxNamespace> = namespaces
+        .into_iter()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    if linux.cgroups_path().is_none() {
+        linux.set_cgroups_path(Some(PathBuf::from(format!(
+            "{}/{}",
+            ctx.cgroups_parent, ctx.container_id
+        ))));
+    }
+    if linux.masked_paths().is_none() {
+        linux.set_masked_paths(Some(get_default_maskedpaths()));
+    }
+    if linux.readonly_paths().is_none() {
+        linux.set_readonly_paths(Some(get_default_readonly_paths()));
+    }
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// Adjusts the process of an exec in place; missing fields are inherited
+/// from the container's own process.
+pub fn prepare_exec_process(
+    process: &mut Process,
+    container: &Process,
+    tty: bool,
+    ceiling: RlimitCeiling,
+) -> Result<()> {
+    validate_process(process)?;
+    process.set_terminal(Some(tty));
+    if process.env().is_none() {
+        process.set_env(container.env().clone());
+    }
+    if process.capabilities().is_none() {
+        process.set_capabilities(container.capabilities().clone());
+    }
+    if process.no_new_privileges().is_none() {
+        process.set_no_new_privileges(container.no_new_privileges());
+    }
+    if process.rlimits().is_none() {
+        process.set_rlimits(container.rlimits().clone());
+    }
+    fill_process_defaults(process, ceiling);
+    Ok(())
+}
+
+/// libcontainer reports a missing working directory only as a failed
+/// syscall, so check it first, resolving symlinks inside the rootfs. A cwd
+/// under a mount of the spec is left to the mount (it may create it).
+pub fn check_cwd(cwd: &Path, mounts: &[Mount], rootfs: &Path) -> Result<()> {
+    if mounts.iter().any(|m| cwd.starts_with(m.destination())) && cwd != Path::new("/") {
+        return Ok(());
+    }
+    let missing = || {
+        AgentError::InvalidArgument(format!(
+            "working directory {} does not exist in the container's rootfs",
+            cwd.display()
+        ))
+    };
+    let resolved = safe_path::scoped_join(rootfs, cwd).map_err(|_| missing())?;
+    if resolved.is_dir() {
+        Ok(())
+    } else {
+        Err(missing())
+    }
+}
+
+fn validate_process(process: &Process) -> Result<()> {
+    let args = process.args().as_deref().unwrap_or_default();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(AgentError::InvalidArgument(
+            "process.args is empty: nothing to run".into(),
+        ));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "process.cwd {:?} is not an absolute path",
+            process.cwd()
+        )));
+    }
+    Ok(())
+}
+
+fn fill_process_defaults(process: &mut Process, c: RlimitCeiling) {
+    let mut rlimits = process.rlimits().clone().unwrap_or_default();
+    for (typ, ceiling) in [
+        (PosixRlimitType::RlimitNofile, c.nofile),
+        (PosixRlimitType::RlimitNproc, c.nproc),
+    ] {
+        if !rlimits.iter().any(|r| r.typ() == typ) {
+            rlimits.push(rlimit(typ, DEFAULT_RLIMIT_SOFT, DEFAULT_RLIMIT_HARD));
+        }
+        if let Some(ceiling) = ceiling {
+            clamp_rlimit(&mut rlimits, typ, ceiling);
+        }
+    }
+    process.set_rlimits(Some(rlimits));
+    if process.capabilities().is_none() {
+        let set: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+        let mut caps = LinuxCapabilities::default();
+        caps.set_bounding(Some(set.clone()))
+            .set_effective(Some(set.clone()))
+            .set_permitted(Some(set))
+            .set_inheritable(None)
+            .set_ambient(None);
+        process.set_capabilities(Some(caps));
+    }
+    if process.no_new_privileges().is_none() {
+        process.set_no_new_privileges(Some(true));
+    }
+}
+
+fn rlimit(typ: PosixRlimitType, soft: u64, hard: u64) -> PosixRlimit {
+    PosixRlimitBuilder::default()
+        .typ(typ)
+        .soft(soft)
+        .hard(hard)
+        .build()
+        .expect("all rlimit fields are set")
+}
+
+fn clamp_rlimit(rlimits: &mut [PosixRlimit], typ: PosixRlimitType, ceiling: u64) {
+    for r in rlimits.iter_mut().filter(|r| r.typ() == typ) {
+        if r.hard() > ceiling {
+            tracing::warn!(
+                ?typ,
+                requested = r.hard(),
+                ceiling,
+                "cannot raise this hard limit without CAP_SYS_RESOURCE; lowering it"
+            );
+            let soft = r.soft().min(ceiling);
+            *r = rlimit(typ, soft, ceiling);
+        }
+    }
+}
+
+fn default_namespaces() -> Vec<LinuxNamespace> {
+    [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+    ]
+    .into_iter()
+    .map(|typ| {
+        LinuxNamespaceBuilder::default()
+            .typ(typ)
+            .build()
+            .expect("namespace type is set")
+    })
+    .collect()
+}
+
+fn add_sandbox_mounts(mounts: &mut Vec<Mount>, files: &SandboxFiles) {
+    for (source, target) in [
+        (&files.hosts, "/etc/hosts"),
+        (&files.resolv_conf, "/etc/resolv.conf"),
+        (&files.hostname, "/etc/hostname"),
+    ] {
+        let Some(source) = source else { continue };
+        if mounts.iter().any(|m| m.destination() == Path::new(target)) {
+            continue;
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(target)
+                .typ("bind")
+                .source(source)
+                .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()
+                .expect("mount fields are set"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(files: &'a SandboxFiles, ceiling: RlimitCeiling) -> SpecContext<'a> {
+        SpecContext {
+            container_id: "c1",
+            rootfs: Path::new("/run/c1/rootfs"),
+            cgroups_parent: "/podvisor",
+            sandbox_files: files,
+            tty: false,
+            ceiling,
+        }
+    }
+
+    fn minimal_spec() -> Spec {
+        parse_spec(br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#)
+            .unwrap()
+    }
+
+    fn limit(p: &Process, typ: PosixRlimitType) -> (u64, u64) {
+        let r = p
+            .rlimits()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| r.typ() == typ)
+            .unwrap();
+        (r.soft(), r.hard())
+    }
+
+    #[test]
+    fn fills_fargate_rlimits_caps_namespaces_and_cgroup() {
+        let mut spec = minimal_spec();
+        prepare_spec(
+            &mut spec,
+            &ctx(&SandboxFiles::default(), RlimitCeiling::default()),
+        )
+        .unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(limit(p, PosixRlimitType::RlimitNofile), (1024, 65535));
+        assert_eq!(limit(p, PosixRlimitType::RlimitNproc), (1024, 65535));
+        let caps = p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
+        assert!(caps.contains(&Capability::Chown) && !caps.contains(&Capability::SysAdmin));
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(
+            ns.contains(&LinuxNamespaceType::Pid) && !ns.contains(&LinuxNamespaceType::Network)
+        );
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/podvisor/c1"))
+        );
+        assert_eq!(
+            spec.root().as_ref().unwrap().path(),
+            Path::new("/run/c1/rootfs")
+        );
+    }
+
+    #[test]
+    fn keeps_rlimits_the_spec_sets_and_clamps_to_the_ceiling() {
+        let mut spec = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},
+                "rlimits":[{"type":"RLIMIT_NOFILE","soft":4096,"hard":8192}]}}"#,
+        )
+        .unwrap();
+        let ceiling = RlimitCeiling {
+            nofile: Some(2048),
+            nproc: None,
+        };
+        prepare_spec(&mut spec, &ctx(&SandboxFiles::default(), ceiling)).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(limit(p, PosixRlimitType::RlimitNofile), (2048, 2048));
+        assert_eq!(limit(p, PosixRlimitType::RlimitNproc), (1024, 65535));
+    }
+
+    #[test]
+    fn drops_network_namespace_and_adds_sandbox_files() {
+        let mut spec = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
+                "linux":{"namespaces":[{"type":"network"},{"type":"mount"}]},
+                "mounts":[{"destination":"/etc/hostname","type":"bind","source":"/x"}]}"#,
+        )
+        .unwrap();
+        let files = SandboxFiles {
+            hosts: Some("/run/sandbox/hosts".into()),
+            resolv_conf: None,
+            hostname: Some("/run/sandbox/hostname".into()),
+        };
+        prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(ns.len(), 1);
+        let mounts = spec.mounts().as_ref().unwrap();
+        let hosts: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        let hostname: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hostname"))
+            .collect();
+        assert_eq!(
+            hostname[0].source().as_deref(),
+            Some(Path::new("/x")),
+            "the spec's own mount wins"
+        );
+    }
+
+    #[test]
+    fn rejects_specs_without_a_runnable_process() {
+        let files = SandboxFiles::default();
+        for json in [
+            &br#"{"ociVersion":"1.0.2"}"#[..],
+            br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}}"#,
+            br#"{"ociVersion":"0.9","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+        ] {
+            let mut spec = parse_spec(json).unwrap();
+            assert!(prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).is_err());
+        }
+        assert!(matches!(
+            parse_spec(b"{not json"),
+            Err(AgentError::MalformedSpec(_))
+        ));
+    }
+
+    #[test]
+    fn exec_inherits_the_containers_env_and_limits() {
+        let mut spec = minimal_spec();
+        prepare_spec(
+            &mut spec,
+            &ctx(&SandboxFiles::default(), RlimitCeiling::default()),
+        )
+        .unwrap();
+        let container = spec.process().clone().unwrap();
+        let mut exec =
+            parse_process(br#"{"args":["ps"],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
+        prepare_exec_process(&mut exec, &container, true, RlimitCeiling::default()).unwrap();
+        assert_eq!(limit(&exec, PosixRlimitType::RlimitNofile), (1024, 65535));
+        assert_eq!(exec.terminal(), Some(true));
+        assert_eq!(exec.env(), container.env());
+    }
+}

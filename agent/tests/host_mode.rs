@@ -1,0 +1,630 @@
+//! podvisor-agent in host test mode, as root, over a unix socket, running
+//! busybox containers: every promise of the agent API is exercised here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use podvisor_proto::*;
+use podvisor_tests::agent::{process, spec, HostAgent};
+use podvisor_tests::running_as_root;
+use serde_json::json;
+use tonic::Code;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_podvisor-agent");
+
+async fn agent(test: &str) -> Option<HostAgent> {
+    if !running_as_root(test) {
+        return None;
+    }
+    Some(HostAgent::start(Path::new(AGENT)).await)
+}
+
+/// The hard limit a container can get here: 65535 unless the agent, lacking
+/// CAP_SYS_RESOURCE, sits under a lower hard limit it cannot raise.
+fn expected_hard(resource: nix::sys::resource::Resource) -> u64 {
+    let has_sys_resource = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| {
+            u64::from_str_radix(hex.trim(), 16).unwrap() & (1 << 24/* CAP_SYS_RESOURCE */) != 0
+        })
+        .unwrap();
+    let (_, own_hard) = nix::sys::resource::getrlimit(resource).unwrap();
+    if has_sys_resource || own_hard >= 65535 {
+        65535
+    } else {
+        eprintln!("note: no CAP_SYS_RESOURCE and hard {resource:?} is {own_hard}: expecting the agent to cap 65535 there");
+        own_hard
+    }
+}
+
+const ULIMITS: &str = "ulimit -n; ulimit -Hn; ulimit -u; ulimit -Hu";
+
+fn expected_ulimits() -> String {
+    use nix::sys::resource::Resource::*;
+    format!(
+        "1024\n{}\n1024\n{}\n",
+        expected_hard(RLIMIT_NOFILE),
+        expected_hard(RLIMIT_NPROC)
+    )
+}
+
+#[tokio::test]
+async fn container_and_exec_get_fargate_rlimits() {
+    let Some(mut a) = agent("container_and_exec_get_fargate_rlimits").await else {
+        return;
+    };
+    a.run("limits", &["sh", "-c", &format!("{ULIMITS}; sleep 60")])
+        .await;
+    let exec = ExecProcessRequest {
+        container_id: "limits".into(),
+        exec_id: "ulimits".into(),
+        oci_process_json: process(&["sh", "-c", ULIMITS]),
+        stdin: false,
+        tty: false,
+    };
+    a.client.exec_process(exec).await.expect("exec");
+    let exec_out = a.text("limits", "ulimits", OutputStream::Stdout).await;
+    assert_eq!(exec_out, expected_ulimits(), "exec'd process limits");
+    assert_eq!(a.wait("limits", "ulimits").await.exit_code, 0);
+
+    a.client
+        .signal_process(SignalProcessRequest {
+            container_id: "limits".into(),
+            exec_id: String::new(),
+            signal: libc::SIGKILL,
+            all: false,
+        })
+        .await
+        .unwrap();
+    let main_out = a.text("limits", "", OutputStream::Stdout).await;
+    assert_eq!(main_out, expected_ulimits(), "container process limits");
+    a.delete("limits").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn spec_rlimits_override_the_defaults() {
+    let Some(mut a) = agent("spec_rlimits_override_the_defaults").await else {
+        return;
+    };
+    let mut s = spec(&["sh", "-c", "ulimit -n; ulimit -Hn"]);
+    s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 768}]);
+    a.create("custom", s, false, false).await.unwrap();
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: "custom".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.text("custom", "", OutputStream::Stdout).await,
+        "512\n768\n"
+    );
+    a.delete("custom").await;
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals_are_reported_exactly() {
+    let Some(mut a) = agent("exit_codes_and_signals_are_reported_exactly").await else {
+        return;
+    };
+    for (id, script, code, signal) in [("ok", "exit 0", 0, 0), ("three", "exit 3", 3, 0)] {
+        a.run(id, &["sh", "-c", script]).await;
+        let exit = a.wait(id, "").await;
+        assert_eq!(
+            (exit.exit_code, exit.signal, exit.oom_killed),
+            (code, signal, false),
+            "{id}"
+        );
+        assert!(exit.finished_at.is_some());
+        let info = a
+            .client
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.state(), ContainerState::Exited);
+        assert_eq!(info.exit.unwrap().exit_code, code);
+    }
+    // A SIGKILL through the API (a container's PID 1 cannot be killed from
+    // inside its own pid namespace, so this is the way it happens).
+    a.run("sleeper", &["sleep", "600"]).await;
+    a.client
+        .signal_process(SignalProcessRequest {
+            container_id: "sleeper".into(),
+            exec_id: String::new(),
+            signal: libc::SIGKILL,
+            all: false,
+        })
+        .await
+        .unwrap();
+    let exit = a.wait("sleeper", "").await;
+    assert_eq!((exit.exit_code, exit.signal), (137, libc::SIGKILL));
+    for id in ["ok", "three", "sleeper"] {
+        a.delete(id).await;
+    }
+    a.assert_nothing_left("after deletes");
+}
+
+#[tokio::test]
+async fn memory_limited_container_is_oom_killed() {
+    let Some(mut a) = agent("memory_limited_container_is_oom_killed").await else {
+        return;
+    };
+    let mut s = spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]);
+    s["linux"] = json!({"resources": {"memory": {"limit": 32 * 1024 * 1024}}});
+    a.create("hog", s, false, false).await.unwrap();
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: "hog".into(),
+        })
+        .await
+        .unwrap();
+    let exit = a.wait("hog", "").await;
+    assert!(exit.oom_killed, "expected OOMKilled, got {exit:?}");
+    assert_eq!(exit.signal, libc::SIGKILL);
+    let stats = a
+        .client
+        .container_stats(ContainerStatsRequest {
+            container_id: "hog".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.oom_kills >= 1);
+    a.delete("hog").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn exec_sees_only_the_containers_pid_namespace() {
+    let Some(mut a) = agent("exec_sees_only_the_containers_pid_namespace").await else {
+        return;
+    };
+    a.run("ns", &["sleep", "600"]).await;
+    let exec = ExecProcessRequest {
+        container_id: "ns".into(),
+        exec_id: "ps".into(),
+        oci_process_json: process(&["ps", "-o", "pid,comm"]),
+        stdin: false,
+        tty: false,
+    };
+    a.client.exec_process(exec).await.unwrap();
+    let out = a.text("ns", "ps", OutputStream::Stdout).await;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "only the container's processes: {out}");
+    assert_eq!(rows[0], ["1", "sleep"], "{out}");
+    assert_eq!(rows[1][1], "ps", "{out}");
+    assert_eq!(a.wait("ns", "ps").await.exit_code, 0);
+    let hostname = ExecProcessRequest {
+        container_id: "ns".into(),
+        exec_id: "hostname".into(),
+        oci_process_json: process(&["hostname"]),
+        stdin: false,
+        tty: false,
+    };
+    a.client.exec_process(hostname).await.unwrap();
+    assert_eq!(
+        a.text("ns", "hostname", OutputStream::Stdout).await,
+        "test-pod\n"
+    );
+    a.delete("ns").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn busy_container_has_nonzero_stats() {
+    let Some(mut a) = agent("busy_container_has_nonzero_stats").await else {
+        return;
+    };
+    a.run("busy", &["sh", "-c", "while :; do :; done"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = a
+        .client
+        .container_stats(ContainerStatsRequest {
+            container_id: "busy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.cpu_usage_ns > 50_000_000, "{stats:?}");
+    assert!(stats.memory_working_set_bytes > 0, "{stats:?}");
+    assert!(stats.pids >= 1, "{stats:?}");
+    a.delete("busy").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_arrive_separately_and_in_order() {
+    let Some(mut a) = agent("stdout_and_stderr_arrive_separately_and_in_order").await else {
+        return;
+    };
+    let script =
+        "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; sleep 0.2; echo err2 >&2";
+    a.run("io", &["sh", "-c", script]).await;
+    let chunks = a.output("io", "").await;
+    let got: Vec<(OutputStream, &str)> = chunks.iter().map(|(s, t)| (*s, t.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (OutputStream::Stdout, "out1\n"),
+            (OutputStream::Stderr, "err1\n"),
+            (OutputStream::Stdout, "out2\n"),
+            (OutputStream::Stderr, "err2\n")
+        ]
+    );
+    // Reading again from an offset resumes there.
+    let mut stream = a
+        .client
+        .read_output(ReadOutputRequest {
+            container_id: "io".into(),
+            exec_id: String::new(),
+            from_offset: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!((first.offset, first.data.as_slice()), (5, &b"err1\n"[..]));
+    a.delete("io").await;
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_container_and_close_delivers_eof() {
+    let Some(mut a) = agent("stdin_reaches_the_container_and_close_delivers_eof").await else {
+        return;
+    };
+    a.create("cat", spec(&["cat"]), true, false).await.unwrap();
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: "cat".into(),
+        })
+        .await
+        .unwrap();
+    a.client
+        .write_stdin(WriteStdinRequest {
+            container_id: "cat".into(),
+            exec_id: String::new(),
+            data: b"hello\n".to_vec(),
+        })
+        .await
+        .unwrap();
+    a.client
+        .close_stdin(CloseStdinRequest {
+            container_id: "cat".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.wait("cat", "").await.exit_code, 0, "cat ends at EOF");
+    assert_eq!(a.text("cat", "", OutputStream::Stdout).await, "hello\n");
+    a.delete("cat").await;
+}
+
+#[tokio::test]
+async fn tty_exec_gets_a_terminal_that_resizes() {
+    let Some(mut a) = agent("tty_exec_gets_a_terminal_that_resizes").await else {
+        return;
+    };
+    a.run("tty", &["sleep", "600"]).await;
+    let exec = ExecProcessRequest {
+        container_id: "tty".into(),
+        exec_id: "size".into(),
+        oci_process_json: process(&["sh", "-c", "read line; stty size; tty"]),
+        stdin: true,
+        tty: true,
+    };
+    a.client.exec_process(exec).await.unwrap();
+    a.client
+        .resize_tty(ResizeTtyRequest {
+            container_id: "tty".into(),
+            exec_id: "size".into(),
+            rows: 40,
+            columns: 132,
+        })
+        .await
+        .unwrap();
+    a.client
+        .write_stdin(WriteStdinRequest {
+            container_id: "tty".into(),
+            exec_id: "size".into(),
+            data: b"go\n".to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.wait("tty", "size").await.exit_code, 0);
+    let out = a.text("tty", "size", OutputStream::Stdout).await;
+    assert!(
+        out.contains("40 132"),
+        "terminal size reached the process: {out:?}"
+    );
+    assert!(out.contains("/dev/pts/"), "stdin is a pty: {out:?}");
+    a.delete("tty").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn resources_update_reaches_the_cgroup() {
+    let Some(mut a) = agent("resources_update_reaches_the_cgroup").await else {
+        return;
+    };
+    a.run("upd", &["sleep", "600"]).await;
+    let resources = json!({"memory": {"limit": 64 * 1024 * 1024}, "pids": {"limit": 50}});
+    a.client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: "upd".into(),
+            oci_resources_json: serde_json::to_vec(&resources).unwrap(),
+        })
+        .await
+        .unwrap();
+    let rel = format!("{}/upd", a.cgroup_parent.trim_start_matches('/'));
+    let (memory, pids) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        (
+            format!("/sys/fs/cgroup/{rel}/memory.max"),
+            format!("/sys/fs/cgroup/{rel}/pids.max"),
+        )
+    } else {
+        (
+            format!("/sys/fs/cgroup/memory/{rel}/memory.limit_in_bytes"),
+            format!("/sys/fs/cgroup/pids/{rel}/pids.max"),
+        )
+    };
+    assert_eq!(std::fs::read_to_string(memory).unwrap().trim(), "67108864");
+    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "50");
+    a.delete("upd").await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error_and_leaves_nothing() {
+    let Some(mut a) = agent("bad_input_is_refused_with_a_clear_error_and_leaves_nothing").await
+    else {
+        return;
+    };
+
+    let missing = CreateContainerRequest {
+        container_id: "norootfs".into(),
+        oci_spec_json: serde_json::to_vec(&spec(&["true"])).unwrap(),
+        rootfs: Some(Rootfs {
+            lower_dirs: vec!["/nonexistent/layer".into()],
+            writable_in_place: false,
+        }),
+        stdin: false,
+        tty: false,
+    };
+    let err = a.client.create_container(missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("/nonexistent/layer"),
+        "{}",
+        err.message()
+    );
+    a.assert_nothing_left("missing rootfs");
+
+    let mut bad_cwd = spec(&["true"]);
+    bad_cwd["process"]["cwd"] = json!("/does/not/exist");
+    let err = a.create("badcwd", bad_cwd, false, false).await.unwrap_err();
+    assert!(
+        err.message().contains("/does/not/exist"),
+        "cwd error names the directory: {}",
+        err.message()
+    );
+    a.assert_nothing_left("bad cwd");
+
+    let err = a
+        .create("nobin", spec(&["no-such-binary"]), false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("no-such-binary"),
+        "error names the executable: {}",
+        err.message()
+    );
+    a.assert_nothing_left("missing executable");
+
+    let malformed = CreateContainerRequest {
+        container_id: "malformed".into(),
+        oci_spec_json: b"{\"ociVersion\": 3".to_vec(),
+        rootfs: Some(a.rootfs_request()),
+        stdin: false,
+        tty: false,
+    };
+    let err = a.client.create_container(malformed).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("malformed OCI spec"),
+        "{}",
+        err.message()
+    );
+    a.assert_nothing_left("malformed spec");
+
+    let err = a
+        .create("../escape", spec(&["true"]), false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let err = a
+        .client
+        .start_container(StartContainerRequest {
+            container_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("ghost"), "{}", err.message());
+    let err = a
+        .client
+        .wait_process(WaitProcessRequest {
+            container_id: "ghost".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A duplicate id, and an exec into an unknown process id.
+    a.run("dup", &["sleep", "600"]).await;
+    let err = a
+        .create("dup", spec(&["true"]), false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = a
+        .client
+        .write_stdin(WriteStdinRequest {
+            container_id: "dup".into(),
+            exec_id: "nope".into(),
+            data: vec![1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let exec_bad = ExecProcessRequest {
+        container_id: "dup".into(),
+        exec_id: "bad".into(),
+        oci_process_json: process(&["no-such-tool"]),
+        stdin: false,
+        tty: false,
+    };
+    let err = a.client.exec_process(exec_bad).await.unwrap_err();
+    assert!(err.message().contains("no-such-tool"), "{}", err.message());
+    let err = a
+        .client
+        .delete_container(DeleteContainerRequest {
+            container_id: "dup".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "a running container is not deleted without force"
+    );
+    a.delete("dup").await;
+    a.assert_nothing_left("after all bad input");
+}
+
+#[tokio::test]
+async fn runtime_can_disconnect_and_reconnect() {
+    let Some(mut a) = agent("runtime_can_disconnect_and_reconnect").await else {
+        return;
+    };
+    a.run(
+        "long",
+        &["sh", "-c", "echo before; sleep 1; echo after; sleep 600"],
+    )
+    .await;
+    // Drop the connection, as a restarting runtime would.
+    a.client = podvisor_tests::agent::connect_unix(&a.socket)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut stream = a
+        .client
+        .read_output(ReadOutputRequest {
+            container_id: "long".into(),
+            exec_id: String::new(),
+            from_offset: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while !text.contains("after") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.data));
+    }
+    assert_eq!(
+        text, "before\nafter\n",
+        "output written while nobody read is kept"
+    );
+    let info = a
+        .client
+        .get_guest_info(GetGuestInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.mode, "host");
+    assert_eq!(info.agent_pid, a.pid());
+    assert!(info.memory_total_bytes > 0 && info.online_cpus > 0 && !info.kernel_release.is_empty());
+    let listed = a
+        .client
+        .list_containers(ListContainersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.containers.len(), 1);
+    assert_eq!(listed.containers[0].state(), ContainerState::Running);
+    a.client
+        .shutdown(ShutdownRequest {
+            grace_period_ms: 2000,
+        })
+        .await
+        .unwrap();
+    assert!(a
+        .client
+        .list_containers(ListContainersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .is_empty());
+    a.assert_nothing_left("after shutdown");
+}
+
+#[tokio::test]
+async fn sandbox_files_are_mounted_into_containers() {
+    let Some(mut a) = agent("sandbox_files_are_mounted_into_containers").await else {
+        return;
+    };
+    a.client
+        .setup_sandbox(SetupSandboxRequest {
+            hostname: "pod-a".into(),
+            dns: Some(DnsConfig {
+                servers: vec!["10.100.0.10".into()],
+                searches: vec!["ns.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            hosts: vec![HostEntry {
+                ip: "10.0.0.9".into(),
+                names: vec!["db".into()],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.run("files", &["sh", "-c", "cat /etc/resolv.conf /etc/hosts"])
+        .await;
+    let out = a.text("files", "", OutputStream::Stdout).await;
+    assert!(
+        out.contains("nameserver 10.100.0.10\nsearch ns.svc.cluster.local\noptions ndots:5\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("10.0.0.9\tdb\n") && out.contains("127.0.1.1\tpod-a\n"),
+        "{out}"
+    );
+    let err = a
+        .client
+        .setup_sandbox(SetupSandboxRequest {
+            hostname: "bad host".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    a.delete("files").await;
+}

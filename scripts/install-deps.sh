@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything Podvisor needs on a Debian 12 host, as root. Safe to run
+# again: apt and cargo skip what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+# Debian packages: the build (libseccomp-dev for the agent's seccomp support,
+# linked statically), the test fixtures (busybox-static for container
+# rootfs), and the guest image build (guest-image/apt-packages.txt).
+packages=(build-essential pkg-config libseccomp-dev busybox-static iproute2 procps)
+if [ -f guest-image/apt-packages.txt ]; then
+    mapfile -t guest < <(grep -v '^\s*#' guest-image/apt-packages.txt | sed '/^\s*$/d')
+    packages+=("${guest[@]}")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Rust tools.
+if ! command -v cargo >/dev/null; then
+    echo "install-deps.sh: cargo is not installed; install Rust (rustup) first" >&2
+    exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> cargo install cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-gnu ||
+    rustup target add x86_64-unknown-linux-gnu
