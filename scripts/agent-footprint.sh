@@ -15,7 +15,7 @@ sleep 1
 size=$(stat -c %s "$bin")
 rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
 static=yes
-ldd "$bin" >/dev/null 2>&1 && static=no
+readelf -d "$bin" | grep -q NEEDED && static=no
 awk -v size="$size" -v rss="$rss_kib" -v static="$static" 'BEGIN {
     printf "agent binary: %d bytes (%.1f MiB), static: %s\n", size, size / 1048576, static
     printf "agent idle RSS: %d KiB (%.1f MiB)\n", rss, rss / 1024

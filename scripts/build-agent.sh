@@ -9,7 +9,7 @@ export LIBSECCOMP_LINK_TYPE=static
 export LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 cargo build --quiet --release --locked --target x86_64-unknown-linux-gnu -p podvisor-agent >&2
 bin=target/x86_64-unknown-linux-gnu/release/podvisor-agent
-if ldd "$bin" >/dev/null 2>&1; then
+if readelf -d "$bin" | grep -q NEEDED; then
     echo "build-agent.sh: $bin is not static" >&2
     exit 1
 fi

@@ -12,7 +12,10 @@ fi
 # Debian packages: the build (libseccomp-dev for the agent's seccomp support,
 # linked statically), the test fixtures (busybox-static for container
 # rootfs), and the guest image build (guest-image/apt-packages.txt).
-packages=(build-essential pkg-config libseccomp-dev busybox-static iproute2 procps)
+# qemu-system-x86 runs pods on the qemu backend; libcap-ng-dev is for building
+# virtiofsd (Debian 12 does not package it).
+packages=(build-essential pkg-config libseccomp-dev libcap-ng-dev busybox-static
+          iproute2 procps qemu-system-x86)
 if [ -f guest-image/apt-packages.txt ]; then
     mapfile -t guest < <(grep -v '^\s*#' guest-image/apt-packages.txt | sed '/^\s*$/d')
     packages+=("${guest[@]}")
@@ -37,6 +40,11 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo install cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+# virtiofsd shares each pod's files into its VM; crates.io has it.
+if ! command -v virtiofsd >/dev/null && [ ! -x "$HOME/.cargo/bin/virtiofsd" ]; then
+    echo "==> cargo install virtiofsd"
+    cargo install --locked virtiofsd
 fi
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-gnu ||
     rustup target add x86_64-unknown-linux-gnu

@@ -1,0 +1,172 @@
+//! Booting and supervising pod VMs. One trait, two backends: `qemu`
+//! (`qemu-system-x86_64 -M microvm`, KVM or TCG) and `kvm` (our own
+//! podvisor-vmm). The runtime above sees only [`Hypervisor`] and [`Vm`].
+
+pub mod accel;
+pub mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use process::{Exit, Supervised};
+
+/// Where the guest image lives unless the config says otherwise; the guest
+/// image build installs there.
+pub const DEFAULT_GUEST_DIR: &str = "/var/lib/podvisor/guest";
+
+/// The guest kernel and initramfs a VM boots.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestImage {
+    /// `vmlinux` (ELF with the PVH note) or `bzImage`.
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl Default for GuestImage {
+    fn default() -> Self {
+        GuestImage {
+            kernel: Path::new(DEFAULT_GUEST_DIR).join("vmlinux"),
+            initramfs: Path::new(DEFAULT_GUEST_DIR).join("initramfs.img"),
+        }
+    }
+}
+
+/// The pod's network interface on the host side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TapDevice {
+    pub name: String,
+    /// The guest side's MAC, `52:54:00:xx:xx:xx`.
+    pub mac: String,
+}
+
+/// A virtio-fs share served by a vhost-user daemon (virtiofsd).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FsShare {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+/// Everything needed to boot one pod VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The sandbox id; names the VM in logs and process titles.
+    pub id: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub image: GuestImage,
+    /// Extra kernel command-line parameters.
+    pub kernel_args: Vec<String>,
+    pub tap: Option<TapDevice>,
+    pub share: Option<FsShare>,
+    /// The VM's own directory: sockets, console log, records.
+    pub dir: PathBuf,
+    /// How long the guest may take from process start to agent ready.
+    pub boot_timeout: Duration,
+}
+
+/// How the runtime reaches the agent of a running VM.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AgentDialer {
+    /// A unix socket whose stream is the agent's (qemu's virtio-serial
+    /// chardev).
+    Unix(PathBuf),
+    /// Firecracker-style hybrid vsock: connect, send `CONNECT <port>\n`,
+    /// read `OK <n>\n`, then the stream is the agent's.
+    HybridVsock { socket: PathBuf, port: u32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("guest kernel {0}: file not found (build it with guest-image/build.sh)")]
+    KernelMissing(PathBuf),
+    #[error("guest initramfs {0}: file not found (build it with guest-image/build.sh)")]
+    InitramfsMissing(PathBuf),
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    #[error("{what} not found: {hint}")]
+    ToolMissing { what: String, hint: String },
+    #[error("starting {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("VM {id} exited during boot ({exit}); console tail:\n{console}")]
+    DiedDuringBoot {
+        id: String,
+        exit: String,
+        console: String,
+    },
+    #[error("VM {id}: the agent did not answer within {timeout:?}; console tail:\n{console}")]
+    AgentTimeout {
+        id: String,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("virtiofsd for {0} did not create its socket in time")]
+    ShareTimeout(PathBuf),
+}
+
+pub type Result<T, E = VmError> = std::result::Result<T, E>;
+
+/// A way to boot VMs.
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// "qemu" or "kvm".
+    fn name(&self) -> &'static str;
+
+    /// Starts the VM process. The guest is booting when this returns; see
+    /// [`crate::agent_client::wait_ready`] for when it can be used.
+    async fn start(&self, config: &VmConfig) -> Result<Vm>;
+}
+
+/// A running (or exited) pod VM.
+pub struct Vm {
+    pub id: String,
+    pub backend: &'static str,
+    pub process: Supervised,
+    pub dialer: AgentDialer,
+    pub console_log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Vm {
+    /// The last `max` bytes of the guest console, for error messages.
+    pub fn console_tail(&self, max: usize) -> String {
+        console_tail(&self.console_log, max)
+    }
+}
+
+pub(crate) fn console_tail(path: &Path, max: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Checks what every backend needs before spawning anything.
+pub(crate) fn validate(config: &VmConfig) -> Result<()> {
+    if !config.image.kernel.is_file() {
+        return Err(VmError::KernelMissing(config.image.kernel.clone()));
+    }
+    if !config.image.initramfs.is_file() {
+        return Err(VmError::InitramfsMissing(config.image.initramfs.clone()));
+    }
+    if !(1..=16).contains(&config.vcpus) {
+        return Err(VmError::InvalidConfig(format!(
+            "{} vCPUs: a pod VM has 1 to 16",
+            config.vcpus
+        )));
+    }
+    if config.memory_mib < 64 {
+        return Err(VmError::InvalidConfig(format!(
+            "{} MiB of memory: a pod VM needs at least 64 MiB",
+            config.memory_mib
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! File systems shared into pod VMs.
+
+pub mod virtiofsd;
