@@ -82,8 +82,48 @@ const GUEST_MOUNTS: &[GuestMount] = &[
     },
 ];
 
+/// Set in the environment once PID 1 runs from its tmpfs root.
+const SWITCHED_ROOT_ENV: &str = "PODVISOR_AGENT_SWITCHED_ROOT";
+
+/// The initramfs is the kernel's `rootfs`, which `pivot_root` cannot leave,
+/// so no container could start. Like switch_root, PID 1 copies itself onto a
+/// tmpfs, makes that the root, frees the initramfs copy and re-executes.
+/// Returns only when already switched (or on error).
+pub fn switch_to_tmpfs_root() -> Result<()> {
+    if std::env::var_os(SWITCHED_ROOT_ENV).is_some() {
+        return Ok(());
+    }
+    let exe = fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/init".into());
+    let new_root = Path::new("/newroot");
+    fs::create_dir_all(new_root).map_err(|e| AgentError::io("mkdir /newroot", e))?;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|e| AgentError::sys("mount tmpfs root", e))?;
+    fs::copy(&exe, new_root.join("init"))
+        .map_err(|e| AgentError::io("copy agent to tmpfs root", e))?;
+    // The initramfs copy is no longer needed; its pages are freed on exec.
+    let _ = fs::remove_file(&exe);
+    std::env::set_current_dir(new_root).map_err(|e| AgentError::io("chdir /newroot", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| AgentError::sys("move tmpfs onto /", e))?;
+    nix::unistd::chroot(".").map_err(|e| AgentError::sys("chroot", e))?;
+    std::env::set_current_dir("/").map_err(|e| AgentError::io("chdir /", e))?;
+    std::env::set_var(SWITCHED_ROOT_ENV, "1");
+    let args: Vec<std::ffi::CString> = std::env::args()
+        .map(|a| std::ffi::CString::new(a).unwrap_or_default())
+        .collect();
+    let err = nix::unistd::execv(c"/init", &args).unwrap_err();
+    Err(AgentError::sys("re-exec from the tmpfs root", err))
+}
+
 /// Prepares the guest as its PID 1. Runs before any thread is started.
 pub fn setup_guest() -> Result<()> {
+    switch_to_tmpfs_root()?;
     for m in GUEST_MOUNTS {
         fs::create_dir_all(m.target)
             .map_err(|e| AgentError::io(format!("mkdir {}", m.target), e))?;

@@ -86,11 +86,12 @@ fn main() {
         .max_blocking_threads(16)
         .thread_keep_alive(Duration::from_secs(5))
         .enable_all()
-        .build();
-    let result = match runtime {
-        Ok(rt) => rt.block_on(serve(cli, mode)),
-        Err(e) => Err(format!("starting the async runtime: {e}")),
-    };
+        .build()
+        .unwrap_or_else(|e| fail(mode, &format!("starting the async runtime: {e}")));
+    let result = runtime.block_on(serve(cli, mode));
+    // Dropping a runtime waits for its blocking threads without limit; a
+    // stuck one must not keep the guest from powering off.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match (result, mode) {
         (Ok(()), Mode::Guest) => init::power_off(),
         (Ok(()), Mode::Host) => {}
@@ -157,10 +158,11 @@ async fn serve(cli: Cli, mode: Mode) -> Result<(), String> {
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(incoming, stop);
     // Graceful shutdown waits for clients to hang up; a runtime that keeps
-    // its connection open must not hold the guest up for long.
+    // its connection open must not hold the guest up: half a second is
+    // plenty for the last replies to go out.
     let linger = async {
         let _ = stopping_rx.await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     tokio::select! {
         served = server => served.map_err(|e| format!("serving: {e}"))?,

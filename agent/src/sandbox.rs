@@ -178,9 +178,11 @@ fn mount_shared(m: &SharedMount) -> Result<()> {
         "virtiofs" | "nfs4" | "nfs" | "tmpfs" | "9p" | "erofs" | "ext4" => {
             (Some(m.fstype.as_str()), Some(m.options.join(",")))
         }
-        other => return Err(AgentError::InvalidArgument(format!(
+        other => {
+            return Err(AgentError::InvalidArgument(format!(
             "mount type {other:?} is not supported (bind, virtiofs, nfs4, tmpfs, 9p, erofs, ext4)"
-        ))),
+        )))
+        }
     };
     mount(
         Some(m.source.as_str()),

@@ -174,10 +174,32 @@ pub async fn listen(endpoint: &Endpoint) -> io::Result<Incoming> {
 /// Hands a connection to the server; false once the server is gone.
 async fn forward(tx: &tokio::sync::mpsc::Sender<io::Result<Conn>>, conn: io::Result<Conn>) -> bool {
     if let Err(e) = &conn {
-        tracing::warn!(%e, "accepting a runtime connection failed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tracing::warn!(%e, "accepting a runtime connection failed; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     tx.send(conn).await.is_ok()
+}
+
+/// `/dev/virtio-ports/NAME` is a udev-made link, and the guest has no udev:
+/// find the port whose sysfs `name` matches and use its /dev node.
+fn resolve_serial_port(path: &std::path::Path) -> io::Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    for entry in std::fs::read_dir("/sys/class/virtio-ports")?.flatten() {
+        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if port_name.trim() == name {
+            return Ok(PathBuf::from("/dev").join(entry.file_name()));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no virtio-serial port named {name:?}"),
+    ))
 }
 
 /// A virtio-serial port, opened non-blocking once the host side is open.
@@ -189,39 +211,34 @@ pub struct SerialPort {
 
 impl SerialPort {
     async fn open_when_connected(path: PathBuf) -> io::Result<SerialPort> {
-        tokio::task::spawn_blocking(move || {
-            let fd = nix::fcntl::open(
-                &path,
-                OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            // SAFETY: open just returned this descriptor.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // While the host end is closed the port polls as hung up; wait
-            // for it rather than spinning on end-of-file reads.
-            loop {
-                let mut fds = [PollFd::new(
-                    std::os::fd::AsFd::as_fd(&fd),
-                    PollFlags::POLLIN,
-                )];
-                poll(&mut fds, PollTimeout::from(100u16))?;
-                let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                if !revents.contains(PollFlags::POLLHUP) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let path = resolve_serial_port(&path)?;
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        // SAFETY: open just returned this descriptor.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // While the host end is closed the port polls as hung up; wait for
+        // it without spinning on end-of-file reads, and without holding a
+        // thread (the runtime must be able to stop while nobody connects).
+        loop {
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(&fd),
+                PollFlags::POLLIN,
+            )];
+            poll(&mut fds, PollTimeout::ZERO)?;
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            if !revents.contains(PollFlags::POLLHUP) {
+                break;
             }
-            Ok::<_, io::Error>(fd)
-        })
-        .await
-        .map_err(io::Error::other)?
-        .and_then(|fd| {
-            Ok(SerialPort {
-                // SAFETY: the AsyncFd owns the descriptor, so it stays
-                // open for as long as it is registered.
-                fd: unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?,
-                _closed: None,
-            })
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(SerialPort {
+            // SAFETY: the AsyncFd owns the descriptor, so it stays open for
+            // as long as it is registered.
+            fd: unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?,
+            _closed: None,
         })
     }
 }

@@ -12,3 +12,20 @@ pub fn running_as_root(test: &str) -> bool {
     eprintln!("SKIPPED {test}: needs root (mounts, namespaces, cgroups)");
     false
 }
+
+pub mod cpio;
+pub mod vm;
+
+/// True when `what` is available. When not: outside CI the test prints why
+/// it is skipped and returns false; in CI (`CI` set) a missing prerequisite
+/// is a failure, so CI never passes by skipping.
+pub fn prerequisite(test: &str, what: &str, available: bool, hint: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {what} is missing in CI: {hint}");
+    }
+    eprintln!("SKIPPED {test}: {what} is missing ({hint})");
+    false
+}

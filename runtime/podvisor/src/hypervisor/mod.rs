@@ -125,6 +125,25 @@ pub trait Hypervisor: Send + Sync {
     async fn start(&self, config: &VmConfig) -> Result<Vm>;
 }
 
+/// Boots a VM and waits for its agent. On any failure the VM process is
+/// killed before the error is returned, so a failed boot leaves nothing.
+pub async fn boot(
+    hypervisor: &dyn Hypervisor,
+    config: &VmConfig,
+) -> Result<(Vm, crate::agent_client::Agent, podvisor_proto::GuestInfo)> {
+    let vm = hypervisor.start(config).await?;
+    match crate::agent_client::wait_ready(&vm, config.boot_timeout).await {
+        Ok((agent, info)) => {
+            tracing::info!(id = %vm.id, kernel = %info.kernel_release, "VM ready");
+            Ok((vm, agent, info))
+        }
+        Err(err) => {
+            vm.process.kill().await;
+            Err(err)
+        }
+    }
+}
+
 /// A running (or exited) pod VM.
 pub struct Vm {
     pub id: String,

@@ -1,0 +1,145 @@
+//! Pod VMs for tests: the installed guest image booted through a backend,
+//! optionally with a virtio-fs share.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use podvisor::agent_client::Agent;
+use podvisor::hypervisor::qemu::{Qemu, QemuConfig};
+use podvisor::hypervisor::{self, GuestImage, Vm, VmConfig, VmError, DEFAULT_GUEST_DIR};
+use podvisor::volume::virtiofsd::{Virtiofsd, VirtiofsdConfig};
+use podvisor_proto::{GuestInfo, ShutdownRequest};
+
+/// Generous: under TCG on a busy 2-core machine a boot takes seconds.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+pub const SHARE_TAG: &str = "podshare";
+
+/// A value of the installed guest image's manifest.
+pub fn manifest(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(Path::new(DEFAULT_GUEST_DIR).join("manifest")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+/// Whether the qemu backend can run here: qemu, virtiofsd and the guest
+/// image (see [`crate::prerequisite`] for how a miss is reported).
+pub fn qemu_ready(test: &str) -> bool {
+    let image = GuestImage::default();
+    crate::running_as_root(test)
+        && crate::prerequisite(
+            test,
+            "qemu-system-x86_64",
+            QemuConfig::default().binary.is_file(),
+            "apt-get install qemu-system-x86",
+        )
+        && crate::prerequisite(
+            test,
+            "virtiofsd",
+            VirtiofsdConfig::default().resolve_binary().is_ok(),
+            "cargo install --locked virtiofsd",
+        )
+        && crate::prerequisite(
+            test,
+            "the guest image",
+            image.kernel.is_file() && image.initramfs.is_file(),
+            "scripts/build-guest.sh builds and installs it",
+        )
+}
+
+pub struct TestVm {
+    pub vm: Vm,
+    pub agent: Agent,
+    pub info: GuestInfo,
+    pub fs: Option<Virtiofsd>,
+}
+
+pub struct BootOptions {
+    pub image: GuestImage,
+    pub share: Option<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            image: GuestImage::default(),
+            share: None,
+            vcpus: 2,
+            memory_mib: 256,
+            timeout: BOOT_TIMEOUT,
+        }
+    }
+}
+
+/// Boots a VM with the qemu backend in `dir`.
+pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm, VmError> {
+    let qemu = Qemu::new(QemuConfig::default())?;
+    let fs = match &opts.share {
+        Some(shared) => Some(
+            Virtiofsd::start(
+                &VirtiofsdConfig::default(),
+                shared,
+                &dir.join("fs.sock"),
+                SHARE_TAG,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let config = VmConfig {
+        id: id.to_string(),
+        vcpus: opts.vcpus,
+        memory_mib: opts.memory_mib,
+        image: opts.image,
+        // PODVISOR_GUEST_LOG=debug turns up the agent's log on the console.
+        kernel_args: std::env::var("PODVISOR_GUEST_LOG")
+            .map(|level| vec![format!("podvisor.log={level}")])
+            .unwrap_or_default(),
+        tap: None,
+        share: fs.as_ref().map(|f| f.share.clone()),
+        dir: dir.join("vm"),
+        boot_timeout: opts.timeout,
+    };
+    match hypervisor::boot(&qemu, &config).await {
+        Ok((vm, agent, info)) => Ok(TestVm {
+            vm,
+            agent,
+            info,
+            fs,
+        }),
+        Err(e) => {
+            if let Some(fs) = fs {
+                fs.stop().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+impl TestVm {
+    /// Shuts the guest down through its agent; returns how QEMU ended.
+    pub async fn shutdown(mut self) -> hypervisor::process::Exit {
+        self.agent
+            .shutdown(ShutdownRequest {
+                grace_period_ms: 2000,
+            })
+            .await
+            .expect("agent shutdown");
+        let Some(exit) = self.vm.process.wait_timeout(Duration::from_secs(60)).await else {
+            let console = self.vm.console_tail(3000);
+            self.vm.process.kill().await;
+            panic!("the VM did not power off within 60 s of Shutdown; console:\n{console}");
+        };
+        if let Some(fs) = &self.fs {
+            fs.stop().await;
+        }
+        exit
+    }
+}
+
+/// True while a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
