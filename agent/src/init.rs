@@ -230,11 +230,15 @@ pub fn kernel_param(key: &str) -> Option<String> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
 }
 
-/// Flushes file systems and powers the VM off. Only for PID 1.
-pub fn power_off() -> ! {
+/// Flushes file systems and ends the VM. Only for PID 1.
+///
+/// A reset, not a power-off: both backends end the VM on a guest reset
+/// (qemu runs with -no-reboot; podvisor-vmm exits on the i8042 reset that
+/// `reboot=k` uses), and podvisor-vmm has no ACPI to power off through.
+pub fn end_vm() -> ! {
     nix::unistd::sync();
-    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-    tracing::error!(?err, "power off failed");
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    tracing::error!(?err, "reboot failed");
     // PID 1 exiting panics the kernel, which (panic=-1) resets the VM.
     std::process::exit(1);
 }

@@ -93,7 +93,7 @@ fn main() {
     // stuck one must not keep the guest from powering off.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match (result, mode) {
-        (Ok(()), Mode::Guest) => init::power_off(),
+        (Ok(()), Mode::Guest) => init::end_vm(),
         (Ok(()), Mode::Host) => {}
         (Err(e), _) => fail(mode, &e),
     }
@@ -103,7 +103,7 @@ fn fail(mode: Mode, message: &str) -> ! {
     tracing::error!("{message}");
     eprintln!("podvisor-agent: {message}");
     if mode == Mode::Guest {
-        init::power_off();
+        init::end_vm();
     }
     std::process::exit(1);
 }
