@@ -8,7 +8,7 @@ use podvisor::agent_client::Agent;
 use podvisor::hypervisor::qemu::{Qemu, QemuConfig};
 use podvisor::hypervisor::{self, GuestImage, Vm, VmConfig, VmError, DEFAULT_GUEST_DIR};
 use podvisor::volume::virtiofsd::{Virtiofsd, VirtiofsdConfig};
-use podvisor_proto::{GuestInfo, ShutdownRequest};
+use podvisor_proto::GuestInfo;
 
 /// Generous: under TCG on a busy 2-core machine a boot takes seconds.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -119,19 +119,10 @@ pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm
 }
 
 impl TestVm {
-    /// Shuts the guest down through its agent; returns how QEMU ended.
+    /// Shuts the guest down through its agent; returns how the VM process
+    /// ended (killed if the guest did not end by itself).
     pub async fn shutdown(mut self) -> hypervisor::process::Exit {
-        self.agent
-            .shutdown(ShutdownRequest {
-                grace_period_ms: 2000,
-            })
-            .await
-            .expect("agent shutdown");
-        let Some(exit) = self.vm.process.wait_timeout(Duration::from_secs(60)).await else {
-            let console = self.vm.console_tail(3000);
-            self.vm.process.kill().await;
-            panic!("the VM did not power off within 60 s of Shutdown; console:\n{console}");
-        };
+        let exit = hypervisor::stop(&self.vm, &mut self.agent, Duration::from_secs(2)).await;
         if let Some(fs) = &self.fs {
             fs.stop().await;
         }

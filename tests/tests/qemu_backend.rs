@@ -184,7 +184,8 @@ async fn twenty_boots_in_a_row_reach_the_agent() {
         .unwrap_or_else(|e| panic!("boot {i} failed: {e}"));
         times.push(started.elapsed());
         let pid = pod.vm.process.pid();
-        pod.shutdown().await;
+        let exit = pod.shutdown().await;
+        assert_eq!(exit.code, Some(0), "boot {i}: the guest ended by itself");
         assert!(!alive(pid));
     }
     times.sort();

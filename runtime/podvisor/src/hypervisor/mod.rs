@@ -145,6 +145,30 @@ pub async fn boot(
     }
 }
 
+/// Stops a VM the orderly way: the agent stops the containers (SIGTERM,
+/// then SIGKILL after `grace`) and ends the guest; a VM still running
+/// `grace` + 10 s later, or whose agent does not answer, is killed.
+pub async fn stop(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Duration) -> Exit {
+    if vm.process.exited().is_none() {
+        let request = podvisor_proto::ShutdownRequest {
+            grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let answered =
+            tokio::time::timeout(grace + Duration::from_secs(5), agent.shutdown(request)).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            tracing::warn!(id = %vm.id, "the agent did not answer Shutdown; killing the VM");
+            return vm.process.terminate(Duration::from_secs(2)).await;
+        }
+    }
+    match vm.process.wait_timeout(Duration::from_secs(10)).await {
+        Some(exit) => exit,
+        None => {
+            tracing::warn!(id = %vm.id, "the guest did not end after Shutdown; killing the VM");
+            vm.process.terminate(Duration::from_secs(2)).await
+        }
+    }
+}
+
 /// A running (or exited) pod VM.
 pub struct Vm {
     pub id: String,
