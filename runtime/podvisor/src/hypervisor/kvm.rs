@@ -95,6 +95,10 @@ impl Kvm {
             "i8042.noaux",
             "i8042.nomux",
             "i8042.dumbkbd",
+            // podvisor-vmm describes the machine with an MP table and the
+            // command line: no ACPI tables, no PCI bus.
+            "acpi=off",
+            "pci=off",
             "rdinit=/init",
         ]
         .iter()

@@ -98,6 +98,8 @@ impl Qemu {
             "nomodule".into(),
             "8250.nr_uarts=1".into(),
             "i8042.noaux".into(),
+            // microvm has no PCI bus; virtio devices are virtio-mmio.
+            "pci=off".into(),
             "rdinit=/init".into(),
             format!("podvisor.agent=serial:{AGENT_SERIAL_PORT_NAME}"),
         ];
