@@ -12,14 +12,18 @@ fi
 # Debian packages: the build (libseccomp-dev for the agent's seccomp support,
 # linked statically), the test fixtures (busybox-static for container
 # rootfs), and the guest image build (guest-image/apt-packages.txt).
+# protobuf-compiler: the k8s-cri crate compiles the CRI protos with protoc.
 # qemu-system-x86 runs pods on the qemu backend; libcap-ng-dev is for building
 # virtiofsd (Debian 12 does not package it).
-packages=(build-essential pkg-config libseccomp-dev libcap-ng-dev busybox-static
+packages=(build-essential pkg-config protobuf-compiler libseccomp-dev libcap-ng-dev busybox-static
           iproute2 procps qemu-system-x86)
-if [ -f guest-image/apt-packages.txt ]; then
-    mapfile -t guest < <(grep -v '^\s*#' guest-image/apt-packages.txt | sed '/^\s*$/d')
-    packages+=("${guest[@]}")
-fi
+# Lists kept next to what needs them: the guest build, test fixtures (a
+# local registry, the nested-KVM harness).
+for list in guest-image/apt-packages.txt tests/*apt-packages.txt; do
+    [ -f "$list" ] || continue
+    mapfile -t listed < <(grep -v '^\s*#' "$list" | sed '/^\s*$/d')
+    packages+=("${listed[@]}")
+done
 
 missing=()
 for p in "${packages[@]}"; do

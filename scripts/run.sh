@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/build-guest.sh
 cargo build --release --locked -p podvisor-agent
 exec target/release/podvisor-agent --listen unix:/run/podvisor/agent.sock --state-dir /run/podvisor/agent

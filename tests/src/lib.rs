@@ -1,6 +1,7 @@
 //! Fixtures shared by Podvisor's integration and end-to-end tests.
 
 pub mod agent;
+pub mod registry;
 pub mod rootfs;
 
 /// True when the test may do what only root can (mounts, cgroups). When not,
@@ -14,6 +15,7 @@ pub fn running_as_root(test: &str) -> bool {
 }
 
 pub mod cpio;
+pub mod daemon;
 pub mod vm;
 
 /// True when `what` is available. When not: outside CI the test prints why

@@ -121,16 +121,34 @@ pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm
 impl TestVm {
     /// Shuts the guest down through its agent; returns how the VM process
     /// ended (killed if the guest did not end by itself).
-    pub async fn shutdown(mut self) -> hypervisor::process::Exit {
+    pub async fn shutdown(self) -> hypervisor::process::Exit {
+        self.shutdown_with_share().await.0
+    }
+
+    /// Like [`TestVm::shutdown`], also returning how virtiofsd ended: by
+    /// itself within 5 s of the VM's end (`Some`), or not (`None`, then it
+    /// is stopped).
+    pub async fn shutdown_with_share(
+        mut self,
+    ) -> (hypervisor::process::Exit, Option<hypervisor::process::Exit>) {
         let exit = hypervisor::stop(&self.vm, &mut self.agent, Duration::from_secs(2)).await;
+        let mut fs_exit = None;
         if let Some(fs) = &self.fs {
+            fs_exit = fs.process.wait_timeout(Duration::from_secs(5)).await;
             fs.stop().await;
         }
-        exit
+        (exit, fs_exit)
     }
 }
 
-/// True while a process with this pid exists.
+/// True while a process with this pid runs. A zombie does not count: a VM
+/// orphaned by a killed daemon is reaped by PID 1, whenever PID 1 gets to it.
 pub fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

@@ -152,8 +152,12 @@ async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
     let qemu_pid = pod.vm.process.pid();
     let fs_pid = pod.fs.as_ref().unwrap().process.pid();
     let vm_dir = pod.vm.dir.clone();
-    let exit = pod.shutdown().await;
-    assert_eq!(exit.code, Some(0), "the guest powered off cleanly");
+    let (exit, fs_exit) = pod.shutdown_with_share().await;
+    assert_eq!(exit.code, Some(0), "the guest ended cleanly");
+    assert!(
+        fs_exit.is_some(),
+        "virtiofsd exits by itself when the VM disconnects"
+    );
     assert!(!alive(qemu_pid), "qemu is gone");
     assert!(!alive(fs_pid), "virtiofsd is gone");
     // The runtime removes the VM directory; here, check what is left in it

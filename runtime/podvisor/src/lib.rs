@@ -2,5 +2,11 @@
 //! per concern (see DESIGN.md).
 
 pub mod agent_client;
+pub mod config;
+pub mod cri;
 pub mod hypervisor;
+pub mod image;
+pub mod logs;
+pub mod persist;
+pub mod sandbox;
 pub mod volume;

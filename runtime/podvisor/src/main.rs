@@ -1,6 +1,93 @@
-//! `podvisor`: the CRI daemon. The services arrive with the CRI daemon issue;
-//! until then the binary only reports its version.
+//! `podvisor`: the CRI daemon. Every pod it runs is a micro-VM.
 
-fn main() {
-    println!("podvisor {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use podvisor::config::{Config, DEFAULT_CONFIG_PATH};
+use podvisor::cri::runtime::Runtime;
+use podvisor::sandbox::SandboxManager;
+use tokio::net::UnixListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "CRI runtime that runs every Kubernetes pod in its own micro-VM"
+)]
+struct Cli {
+    /// The TOML configuration file; every key is optional.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", Config::default().to_toml());
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run(cli).await {
+        tracing::error!("{e}");
+        eprintln!("podvisor: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let config = Arc::new(Config::load(&cli.config).map_err(|e| e.to_string())?);
+    let backend = config.hypervisor.backend().map_err(|e| e.to_string())?;
+    tracing::info!(backend = backend.name(), "hypervisor backend ready");
+    let sandboxes = Arc::new(SandboxManager::new(config.clone(), backend));
+    sandboxes
+        .recover()
+        .await
+        .map_err(|e| format!("recovering pod sandboxes: {e}"))?;
+
+    let socket = &config.socket;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "serving CRI");
+
+    let runtime = Runtime {
+        config: config.clone(),
+        sandboxes,
+    };
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        // Pods keep running: their VMs live in their own process groups and
+        // the next daemon re-attaches to them.
+        tracing::info!("shutting down; pods keep running");
+    };
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(runtime))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stop,
+        )
+        .await
+        .map_err(|e| format!("serving CRI: {e}"))?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
 }

@@ -14,7 +14,7 @@ use super::{validate, AgentDialer, Hypervisor, Result, Supervised, Vm, VmConfig,
 const GUEST_CID: u32 = 3;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct KvmConfig {
     /// Empty: `podvisor-vmm` next to the running executable, else in PATH.
     pub binary: PathBuf,

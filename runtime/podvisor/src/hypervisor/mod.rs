@@ -20,6 +20,7 @@ pub const DEFAULT_GUEST_DIR: &str = "/var/lib/podvisor/guest";
 
 /// The guest kernel and initramfs a VM boots.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
 pub struct GuestImage {
     /// `vmlinux` (ELF with the PVH note) or `bzImage`.
     pub kernel: PathBuf,

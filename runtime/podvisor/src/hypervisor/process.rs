@@ -32,6 +32,21 @@ impl fmt::Display for Exit {
     }
 }
 
+/// Waits until the process behind `rx` has exited.
+pub async fn wait_exit(mut rx: watch::Receiver<Option<Exit>>) -> Exit {
+    loop {
+        if let Some(exit) = *rx.borrow_and_update() {
+            return exit;
+        }
+        if rx.changed().await.is_err() {
+            return Exit {
+                code: None,
+                signal: None,
+            };
+        }
+    }
+}
+
 pub struct Supervised {
     pid: u32,
     exit: watch::Receiver<Option<Exit>>,
@@ -109,18 +124,12 @@ impl Supervised {
     }
 
     pub async fn wait(&self) -> Exit {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(exit) = *rx.borrow_and_update() {
-                return exit;
-            }
-            if rx.changed().await.is_err() {
-                return Exit {
-                    code: None,
-                    signal: None,
-                };
-            }
-        }
+        wait_exit(self.exit.clone()).await
+    }
+
+    /// A handle to wait on without borrowing the process.
+    pub fn exit_receiver(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
     }
 
     /// Waits up to `timeout` for the process to exit by itself.

@@ -22,7 +22,7 @@ pub enum AccelChoice {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QemuConfig {
     pub binary: PathBuf,
     pub accel: AccelChoice,

@@ -10,7 +10,7 @@ use crate::hypervisor::process::Supervised;
 use crate::hypervisor::{FsShare, Result, VmError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct VirtiofsdConfig {
     /// Empty: look in PATH, then ~/.cargo/bin and /usr/libexec.
     pub binary: PathBuf,
@@ -100,6 +100,9 @@ impl Virtiofsd {
             // Submounts (kubelet's volume mounts) appear as their own
             // file systems in the guest, with their own inode numbers.
             .arg("--announce-submounts")
+            // Image layers are overlay lower dirs in the guest: it must see
+            // their trusted.overlay.opaque xattrs (and file capabilities).
+            .arg("--xattr")
             .args(["--sandbox", "namespace"])
             .args(["--log-level", "warn"]);
         let process = Supervised::spawn(command, "virtiofsd", &log)?;

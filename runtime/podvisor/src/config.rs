@@ -1,0 +1,189 @@
+//! The daemon's configuration: one TOML file, every key optional.
+//! `podvisor --print-default-config` prints the defaults below.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
+use crate::hypervisor::qemu::{Qemu, QemuConfig};
+use crate::hypervisor::{GuestImage, Hypervisor, VmError};
+use crate::volume::virtiofsd::VirtiofsdConfig;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The CRI socket kubelet and crictl connect to (mode 0600).
+    pub socket: PathBuf,
+    /// Sandbox and container records, pod shares, images.
+    pub state_dir: PathBuf,
+    /// Sockets and console logs of running VMs (short paths: unix socket
+    /// paths are limited to 107 bytes).
+    pub run_dir: PathBuf,
+    pub hypervisor: HypervisorConfig,
+    pub virtiofsd: VirtiofsdConfig,
+    pub sandbox: SandboxDefaults,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from("/run/podvisor/podvisor.sock"),
+            state_dir: PathBuf::from("/var/lib/podvisor"),
+            run_dir: PathBuf::from("/run/podvisor"),
+            hypervisor: HypervisorConfig::default(),
+            virtiofsd: VirtiofsdConfig::default(),
+            sandbox: SandboxDefaults::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// kvm where the host's KVM can boot the guest kernel, else qemu.
+    #[default]
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    pub backend: Backend,
+    pub guest: GuestImage,
+    /// Seconds from VM start to agent ready before the boot is abandoned.
+    pub boot_timeout_secs: u64,
+    pub qemu: QemuConfig,
+    pub kvm: KvmConfig,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            backend: Backend::Auto,
+            guest: GuestImage::default(),
+            boot_timeout_secs: 60,
+            qemu: QemuConfig::default(),
+            kvm: KvmConfig::default(),
+        }
+    }
+}
+
+impl HypervisorConfig {
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout_secs)
+    }
+
+    /// The backend to boot pods with; `auto` logs what it chose and why.
+    pub fn backend(&self) -> Result<Arc<dyn Hypervisor>, VmError> {
+        let choice = match self.backend {
+            Backend::Kvm => "kvm",
+            Backend::Qemu => "qemu",
+            Backend::Auto => {
+                let (choice, reason) = kvm::auto_select();
+                tracing::info!(backend = choice, %reason, "backend = auto");
+                choice
+            }
+        };
+        Ok(match choice {
+            "kvm" => Arc::new(Kvm::new(self.kvm.clone())?),
+            _ => Arc::new(Qemu::new(self.qemu.clone())?),
+        })
+    }
+}
+
+/// VM size for pods whose requests say nothing (policy sizes the rest).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxDefaults {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Seconds the agent gives containers between SIGTERM and SIGKILL when
+    /// a pod is stopped.
+    pub stop_grace_secs: u64,
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        SandboxDefaults {
+            vcpus: 1,
+            memory_mib: 512,
+            stop_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads the file; a missing file at the default path means defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && path == Path::new(DEFAULT_CONFIG_PATH) =>
+            {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_defaults_parse_back_to_the_defaults() {
+        let printed = Config::default().to_toml();
+        assert_eq!(Config::parse(&printed).unwrap(), Config::default());
+        assert!(
+            printed.contains("socket = \"/run/podvisor/podvisor.sock\""),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_optional_and_unknown_keys_are_refused() {
+        let c = Config::parse("[hypervisor]\nbackend = \"qemu\"\n").unwrap();
+        assert_eq!(c.hypervisor.backend, Backend::Qemu);
+        assert_eq!(c.state_dir, Config::default().state_dir);
+        let err = Config::parse("[hypervisor]\nbakend = \"qemu\"\n").unwrap_err();
+        assert!(err.contains("bakend"), "{err}");
+    }
+}

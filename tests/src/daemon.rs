@@ -1,0 +1,153 @@
+//! Runs the `podvisor` daemon with a private configuration and talks CRI to
+//! it over its unix socket, as crictl and kubelet do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub type Cri = RuntimeServiceClient<Channel>;
+
+/// The daemon binary built next to the test binaries (target/*/podvisor).
+pub fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("podvisor");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p podvisor` (cargo nextest run --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://podvisor")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+/// A daemon with its own socket, state and run directories.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub run_dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config (qemu backend, directories of its own) and starts.
+    pub async fn start() -> (Daemon, Cri) {
+        let dir = tempfile::Builder::new()
+            .prefix("podvisor-daemon-")
+            .tempdir()
+            .unwrap();
+        // Short: VM sockets live under it.
+        let run_dir = PathBuf::from(format!("/run/pvt-{}", std::process::id()));
+        let socket = dir.path().join("cri.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\n[hypervisor]\nbackend = \"qemu\"\nboot_timeout_secs = 90\n\n[sandbox]\nvcpus = 1\nmemory_mib = 256\nstop_grace_secs = 2\n",
+                socket.display(),
+                dir.path().join("state").display(),
+                run_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut daemon = Daemon {
+            child: None,
+            dir,
+            run_dir,
+            config,
+            socket,
+        };
+        let client = daemon.restart().await;
+        (daemon, client)
+    }
+
+    /// (Re)starts the daemon process and waits until it answers Version.
+    pub async fn restart(&mut self) -> Cri {
+        let child = Command::new(daemon_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn podvisor");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = connect(&self.socket).await {
+                if c.version(k8s_cri::v1::VersionRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podvisor did not answer within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the daemon the hard way (its pods keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Processes whose command line mentions the daemon's run directory
+    /// (qemu, virtiofsd): none may outlive their pods.
+    pub fn vm_processes(&self) -> Vec<String> {
+        let needle = self.run_dir.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        // Whatever a failed test left: kill its VMs and remove the run dir.
+        let needle = self.run_dir.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
