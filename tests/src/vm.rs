@@ -55,6 +55,7 @@ pub struct TestVm {
 
 pub struct BootOptions {
     pub image: GuestImage,
+    pub tap: Option<hypervisor::TapDevice>,
     pub share: Option<PathBuf>,
     pub vcpus: u32,
     pub memory_mib: u32,
@@ -65,6 +66,7 @@ impl Default for BootOptions {
     fn default() -> Self {
         BootOptions {
             image: GuestImage::default(),
+            tap: None,
             share: None,
             vcpus: 2,
             memory_mib: 256,
@@ -97,7 +99,7 @@ pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm
         kernel_args: std::env::var("PODVISOR_GUEST_LOG")
             .map(|level| vec![format!("podvisor.log={level}")])
             .unwrap_or_default(),
-        tap: None,
+        tap: opts.tap,
         share: fs.as_ref().map(|f| f.share.clone()),
         dir: dir.join("vm"),
         boot_timeout: opts.timeout,

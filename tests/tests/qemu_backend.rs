@@ -303,3 +303,134 @@ fn assert_no_qemu_left_for(dir: &std::path::Path) {
         }
     }
 }
+
+/// Runs `ip` with `args` in the calling thread's network namespace.
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+#[test]
+fn virtio_net_on_a_tap_carries_traffic() {
+    let test = "virtio_net_on_a_tap_carries_traffic";
+    if !qemu_ready(test) {
+        return;
+    }
+    // A network namespace of this thread only: the tap, qemu (forked from
+    // this thread) and all traffic live in it, and it vanishes with them.
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace");
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["tuntap", "add", "dev", "pvtap0", "mode", "tap"]);
+        ip(&["addr", "add", "10.9.0.1/24", "dev", "pvtap0"]);
+        ip(&["link", "set", "pvtap0", "up"]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(ping_the_host_over_the_tap());
+    })
+    .join()
+    .expect("the test thread");
+}
+
+async fn ping_the_host_over_the_tap() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    podvisor_tests::rootfs::busybox_rootfs(&share.join("rootfs"));
+    let tap = podvisor::hypervisor::TapDevice {
+        name: "pvtap0".into(),
+        mac: "52:54:00:0a:09:02".into(),
+    };
+    let mut pod = boot_qemu(
+        "qemu-net",
+        dir.path(),
+        BootOptions {
+            share: Some(share),
+            tap: Some(tap),
+            vcpus: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("boot with a tap");
+    pod.agent
+        .setup_sandbox(SetupSandboxRequest {
+            mounts: vec![SharedMount {
+                fstype: "virtiofs".into(),
+                source: SHARE_TAG.into(),
+                target: "/run/podvisor/share".into(),
+                options: vec![],
+                readonly: true,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The agent does not configure interfaces yet: the container does,
+    // with the capabilities that takes.
+    let caps = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": ["sh", "-c", "cat /sys/class/net/eth0/address && ip link set eth0 up && ip addr add 10.9.0.2/24 dev eth0 && ping -c 2 -W 5 10.9.0.1"],
+            "cwd": "/",
+            "env": ["PATH=/bin:/sbin"],
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
+        }
+    });
+    pod.agent
+        .create_container(CreateContainerRequest {
+            container_id: "net".into(),
+            oci_spec_json: serde_json::to_vec(&spec).unwrap(),
+            rootfs: Some(Rootfs {
+                lower_dirs: vec!["/run/podvisor/share/rootfs".into()],
+                writable_in_place: false,
+            }),
+            stdin: false,
+            tty: false,
+        })
+        .await
+        .expect("create");
+    pod.agent
+        .start_container(StartContainerRequest {
+            container_id: "net".into(),
+        })
+        .await
+        .expect("start");
+    let mut stream = pod
+        .agent
+        .read_output(ReadOutputRequest {
+            container_id: "net".into(),
+            exec_id: String::new(),
+            from_offset: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = tokio::time::timeout(Duration::from_secs(60), read_all(&mut stream))
+        .await
+        .unwrap();
+    let exit = pod
+        .agent
+        .wait_process(WaitProcessRequest {
+            container_id: "net".into(),
+            exec_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        out.starts_with("52:54:00:0a:09:02\n"),
+        "the guest NIC has the MAC we gave: {out}"
+    );
+    assert_eq!(exit.exit_code, 0, "ping over the tap failed:\n{out}");
+    assert!(out.contains("2 packets received"), "{out}");
+    let exit = pod.shutdown().await;
+    assert_eq!(exit.code, Some(0));
+}
