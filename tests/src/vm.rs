@@ -143,6 +143,23 @@ impl TestVm {
     }
 }
 
+/// A test that fails half-way must not leave its VM running: runtime code
+/// keeps VMs alive across its own exit on purpose, a test does not.
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let pids =
+            std::iter::once(self.vm.process.pid()).chain(self.fs.as_ref().map(|f| f.process.pid()));
+        for pid in pids {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// True while a process with this pid runs. A zombie does not count: a VM
 /// orphaned by a killed daemon is reaped by PID 1, whenever PID 1 gets to it.
 pub fn alive(pid: u32) -> bool {
