@@ -285,12 +285,20 @@ impl Drop for HostAgent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // After a failed test containers' cgroups may remain: remove them
+        // (empty once the agent is gone) before their parent.
         let rel = self.cgroup_parent.trim_start_matches('/');
-        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+        let mut parents = vec![Path::new("/sys/fs/cgroup").join(rel)];
         if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
-            for e in entries.flatten() {
-                let _ = fs::remove_dir(e.path().join(rel));
+            parents.extend(entries.flatten().map(|e| e.path().join(rel)));
+        }
+        for parent in parents {
+            if let Ok(children) = fs::read_dir(&parent) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = fs::remove_dir(child.path());
+                }
             }
+            let _ = fs::remove_dir(&parent);
         }
     }
 }
