@@ -59,7 +59,16 @@ fn main() {
     } else {
         Mode::Host
     };
-    let cli = Cli::parse();
+    // The kernel hands PID 1 every boot parameter it does not know; they
+    // must not stop the guest from starting.
+    let cli = match (mode, Cli::try_parse()) {
+        (_, Ok(cli)) => cli,
+        (Mode::Guest, Err(e)) => {
+            eprintln!("podvisor-agent: ignoring arguments: {}", e.kind());
+            Cli::parse_from(["podvisor-agent"])
+        }
+        (Mode::Host, Err(e)) => e.exit(),
+    };
     // Before any thread exists: mounts and namespaces are per process.
     let prepared = match mode {
         Mode::Guest => init::setup_guest(),

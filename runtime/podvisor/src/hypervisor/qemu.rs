@@ -95,7 +95,6 @@ impl Qemu {
             "loglevel=4".into(),
             "reboot=k".into(),
             "panic=-1".into(),
-            "nomodule".into(),
             "8250.nr_uarts=1".into(),
             "i8042.noaux".into(),
             // microvm has no PCI bus; virtio devices are virtio-mmio.
