@@ -8,7 +8,10 @@ use podvisor::agent_client::Agent;
 use podvisor::hypervisor::qemu::{Qemu, QemuConfig};
 use podvisor::hypervisor::{self, GuestImage, Vm, VmConfig, VmError, DEFAULT_GUEST_DIR};
 use podvisor::volume::virtiofsd::{Virtiofsd, VirtiofsdConfig};
-use podvisor_proto::GuestInfo;
+use podvisor_proto::{
+    CreateContainerRequest, GuestInfo, ProcessExit, ReadOutputRequest, Rootfs, SetupSandboxRequest,
+    SharedMount, StartContainerRequest, WaitProcessRequest,
+};
 
 /// Generous: under TCG on a busy 2-core machine a boot takes seconds.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -120,7 +123,95 @@ pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm
     }
 }
 
+/// Where [`TestVm::setup_with_share`] mounts the pod share in the guest.
+pub const GUEST_SHARE: &str = "/run/podvisor/share";
+
 impl TestVm {
+    /// Sets the pod up (hostname) with its share mounted read-only at
+    /// [`GUEST_SHARE`].
+    pub async fn setup_with_share(&mut self, hostname: &str) {
+        let request = SetupSandboxRequest {
+            hostname: hostname.into(),
+            mounts: vec![SharedMount {
+                fstype: "virtiofs".into(),
+                source: SHARE_TAG.into(),
+                target: GUEST_SHARE.into(),
+                options: vec![],
+                readonly: true,
+            }],
+            ..Default::default()
+        };
+        self.agent
+            .setup_sandbox(request)
+            .await
+            .expect("set up the pod with its share");
+    }
+
+    /// Runs a container from `spec` on the share's `rootfs` directory until
+    /// it exits; returns its output (stdout and stderr) and exit.
+    pub async fn run_container(
+        &mut self,
+        id: &str,
+        spec: serde_json::Value,
+    ) -> (String, ProcessExit) {
+        let create = CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: serde_json::to_vec(&spec).unwrap(),
+            rootfs: Some(Rootfs {
+                lower_dirs: vec![format!("{GUEST_SHARE}/rootfs")],
+                writable_in_place: false,
+            }),
+            stdin: false,
+            tty: false,
+        };
+        if let Err(e) = self.agent.create_container(create).await {
+            panic!(
+                "create container {id}: {e}\nguest console:\n{}",
+                self.vm.console_tail(6000)
+            );
+        }
+        self.agent
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("start container");
+        let read = ReadOutputRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            from_offset: 0,
+        };
+        let mut stream = self
+            .agent
+            .read_output(read)
+            .await
+            .expect("read output")
+            .into_inner();
+        let mut out = String::new();
+        let collect = async {
+            while let Some(chunk) = stream.message().await.expect("output stream") {
+                if chunk.eof {
+                    break;
+                }
+                out.push_str(&String::from_utf8_lossy(&chunk.data));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), collect)
+            .await
+            .expect("output ended within 60 s");
+        let wait = WaitProcessRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        let exit = self
+            .agent
+            .wait_process(wait)
+            .await
+            .expect("wait")
+            .into_inner();
+        (out, exit)
+    }
+
     /// Shuts the guest down through its agent; returns how the VM process
     /// ended (killed if the guest did not end by itself).
     pub async fn shutdown(self) -> hypervisor::process::Exit {

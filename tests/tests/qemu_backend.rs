@@ -5,21 +5,9 @@
 use std::time::{Duration, Instant};
 
 use podvisor::hypervisor::{GuestImage, VmError};
-use podvisor_proto::*;
 use podvisor_tests::cpio::Cpio;
-use podvisor_tests::vm::{alive, boot_qemu, manifest, qemu_ready, BootOptions, SHARE_TAG};
+use podvisor_tests::vm::{alive, boot_qemu, manifest, qemu_ready, BootOptions};
 use serde_json::json;
-
-async fn read_all(stream: &mut tonic::Streaming<OutputChunk>) -> String {
-    let mut text = String::new();
-    while let Some(chunk) = stream.message().await.expect("output") {
-        if chunk.eof {
-            break;
-        }
-        text.push_str(&String::from_utf8_lossy(&chunk.data));
-    }
-    text
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
@@ -57,20 +45,7 @@ async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
     assert_eq!(pod.info.cgroup_version, 2);
     assert_eq!(pod.info.online_cpus, 2);
 
-    pod.agent
-        .setup_sandbox(SetupSandboxRequest {
-            hostname: "qemu-pod".into(),
-            mounts: vec![SharedMount {
-                fstype: "virtiofs".into(),
-                source: SHARE_TAG.into(),
-                target: "/run/podvisor/share".into(),
-                options: vec![],
-                readonly: true,
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("mount the share");
+    pod.setup_with_share("qemu-pod").await;
     // No pid namespace, so /proc/1 is the guest's init: proof the container
     // runs inside the VM. The limits are exact here: the agent is PID 1
     // with every capability.
@@ -84,44 +59,8 @@ async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
         },
         "linux": {"namespaces": [{"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]}
     });
-    let created = pod
-        .agent
-        .create_container(CreateContainerRequest {
-            container_id: "probe".into(),
-            oci_spec_json: serde_json::to_vec(&spec).unwrap(),
-            rootfs: Some(Rootfs {
-                lower_dirs: vec!["/run/podvisor/share/rootfs".into()],
-                writable_in_place: false,
-            }),
-            stdin: false,
-            tty: false,
-        })
-        .await;
-    if let Err(e) = created {
-        panic!(
-            "create container: {e}\nguest console:\n{}",
-            pod.vm.console_tail(6000)
-        );
-    }
-    pod.agent
-        .start_container(StartContainerRequest {
-            container_id: "probe".into(),
-        })
-        .await
-        .expect("start container");
-    let mut stream = pod
-        .agent
-        .read_output(ReadOutputRequest {
-            container_id: "probe".into(),
-            exec_id: String::new(),
-            from_offset: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let out = tokio::time::timeout(Duration::from_secs(60), read_all(&mut stream))
-        .await
-        .unwrap();
+    let (out, exit) = pod.run_container("probe", spec).await;
+    assert_eq!(exit.exit_code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 7, "{out}");
     assert_eq!(lines[0], expected_release);
@@ -138,16 +77,6 @@ async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
         ["1024", "65535", "1024", "65535"],
         "Fargate limits, exact in the VM"
     );
-    let exit = pod
-        .agent
-        .wait_process(WaitProcessRequest {
-            container_id: "probe".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(exit.exit_code, 0);
 
     let qemu_pid = pod.vm.process.pid();
     let fs_pid = pod.fs.as_ref().unwrap().process.pid();
@@ -358,19 +287,7 @@ async fn ping_the_host_over_the_tap() {
     )
     .await
     .expect("boot with a tap");
-    pod.agent
-        .setup_sandbox(SetupSandboxRequest {
-            mounts: vec![SharedMount {
-                fstype: "virtiofs".into(),
-                source: SHARE_TAG.into(),
-                target: "/run/podvisor/share".into(),
-                options: vec![],
-                readonly: true,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pod.setup_with_share("qemu-net").await;
     // The agent does not configure interfaces yet: the container does,
     // with the capabilities that takes.
     let caps = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
@@ -384,47 +301,7 @@ async fn ping_the_host_over_the_tap() {
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
         }
     });
-    pod.agent
-        .create_container(CreateContainerRequest {
-            container_id: "net".into(),
-            oci_spec_json: serde_json::to_vec(&spec).unwrap(),
-            rootfs: Some(Rootfs {
-                lower_dirs: vec!["/run/podvisor/share/rootfs".into()],
-                writable_in_place: false,
-            }),
-            stdin: false,
-            tty: false,
-        })
-        .await
-        .expect("create");
-    pod.agent
-        .start_container(StartContainerRequest {
-            container_id: "net".into(),
-        })
-        .await
-        .expect("start");
-    let mut stream = pod
-        .agent
-        .read_output(ReadOutputRequest {
-            container_id: "net".into(),
-            exec_id: String::new(),
-            from_offset: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let out = tokio::time::timeout(Duration::from_secs(60), read_all(&mut stream))
-        .await
-        .unwrap();
-    let exit = pod
-        .agent
-        .wait_process(WaitProcessRequest {
-            container_id: "net".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (out, exit) = pod.run_container("net", spec).await;
     assert!(
         out.starts_with("52:54:00:0a:09:02\n"),
         "the guest NIC has the MAC we gave: {out}"

@@ -9,4 +9,5 @@ pub mod image;
 pub mod logs;
 pub mod persist;
 pub mod sandbox;
+pub mod tools;
 pub mod volume;

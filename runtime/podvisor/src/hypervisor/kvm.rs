@@ -24,33 +24,17 @@ pub struct KvmConfig {
 
 impl KvmConfig {
     pub fn resolve_binary(&self) -> Result<PathBuf> {
-        if !self.binary.as_os_str().is_empty() {
-            return if self.binary.is_file() {
-                Ok(self.binary.clone())
-            } else {
-                Err(missing(&self.binary.display().to_string()))
-            };
-        }
-        let beside_us = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("podvisor-vmm")));
-        // Test binaries live in target/*/deps; the VMM one level up.
-        let above_us = beside_us
-            .as_ref()
-            .and_then(|p| p.parent()?.parent().map(|d| d.join("podvisor-vmm")));
-        let in_path = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("podvisor-vmm"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        beside_us
+        // Next to the running executable; test binaries live in
+        // target/*/deps, the VMM one level up.
+        let exe = std::env::current_exe().ok();
+        let beside = exe.as_deref().and_then(Path::parent);
+        let preferred: Vec<PathBuf> = beside
             .into_iter()
-            .chain(above_us)
-            .chain(in_path)
-            .find(|p| p.is_file())
-            .ok_or_else(|| missing("podvisor-vmm"))
+            .chain(beside.and_then(Path::parent))
+            .map(|d| d.join("podvisor-vmm"))
+            .collect();
+        crate::tools::locate(&self.binary, "podvisor-vmm", &preferred, &[])
+            .map_err(|what| missing(&what))
     }
 }
 

@@ -33,29 +33,15 @@ impl Default for VirtiofsdConfig {
 
 impl VirtiofsdConfig {
     pub fn resolve_binary(&self) -> Result<PathBuf> {
-        if !self.binary.as_os_str().is_empty() {
-            return if self.binary.is_file() {
-                Ok(self.binary.clone())
-            } else {
-                Err(missing(&self.binary.display().to_string()))
-            };
-        }
-        let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("virtiofsd"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(home) = std::env::var_os("HOME") {
-            candidates.push(Path::new(&home).join(".cargo/bin/virtiofsd"));
-        }
-        candidates.push("/root/.cargo/bin/virtiofsd".into());
-        candidates.push("/usr/libexec/virtiofsd".into());
-        candidates
+        // `cargo install` puts it in ~/.cargo/bin, often not in PATH.
+        let mut fallback: Vec<PathBuf> = std::env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".cargo/bin/virtiofsd"))
             .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| missing("virtiofsd"))
+            .collect();
+        fallback.push("/root/.cargo/bin/virtiofsd".into());
+        fallback.push("/usr/libexec/virtiofsd".into());
+        crate::tools::locate(&self.binary, "virtiofsd", &[], &fallback)
+            .map_err(|what| missing(&what))
     }
 }
 
