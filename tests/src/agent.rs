@@ -9,23 +9,14 @@ use podvisor_proto::agent_client::AgentClient;
 use podvisor_proto::*;
 use serde_json::json;
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
 pub type Client = AgentClient<Channel>;
 
-/// Connects a gRPC client to a unix socket.
+/// Connects a gRPC client to a unix socket, as the runtime does.
 pub async fn connect_unix(path: &Path) -> Result<Client, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::from_static("http://podvisor-agent")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
+    podvisor::agent_client::connect(&podvisor::hypervisor::AgentDialer::Unix(path.to_path_buf()))
+        .await
 }
 
 /// An agent process in host test mode with its own state dir and cgroup.
