@@ -6,6 +6,7 @@
 //! process it runs in host test mode: same API, no changes to the host
 //! beyond the containers it is asked to run.
 
+mod clock;
 mod container;
 mod error;
 mod info;

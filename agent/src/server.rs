@@ -80,6 +80,9 @@ impl Agent for AgentService {
         &self,
         req: Request<SetupSandboxRequest>,
     ) -> Result<Response<SetupSandboxResponse>, Status> {
+        if let Some(t) = &req.get_ref().host_time {
+            crate::clock::set_from_host(t, self.mode);
+        }
         let files = sandbox::setup(req.get_ref(), &self.state_dir, self.mode)?;
         self.containers.set_sandbox_files(files);
         Ok(Response::new(SetupSandboxResponse {}))
@@ -186,6 +189,17 @@ impl Agent for AgentService {
         Ok(Response::new(ExecProcessResponse {
             pid: process.pid.as_raw() as u32,
         }))
+    }
+
+    async fn release_process(
+        &self,
+        req: Request<ReleaseProcessRequest>,
+    ) -> Result<Response<ReleaseProcessResponse>, Status> {
+        let r = req.get_ref();
+        self.containers
+            .get(&r.container_id)?
+            .release_exec(&r.exec_id)?;
+        Ok(Response::new(ReleaseProcessResponse {}))
     }
 
     type ReadOutputStream = OutputChunks;

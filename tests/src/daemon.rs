@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub type Cri = RuntimeServiceClient<Channel>;
+pub type Images = ImageServiceClient<Channel>;
 
 /// The daemon binary built next to the test binaries (target/*/podvisor).
 pub fn daemon_binary() -> PathBuf {
@@ -27,6 +29,15 @@ pub fn daemon_binary() -> PathBuf {
 }
 
 pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// CRI's ImageService on the same socket.
+pub async fn connect_images(socket: &Path) -> Result<Images, tonic::transport::Error> {
+    Ok(ImageServiceClient::new(channel(socket).await?))
+}
+
+async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     let channel = Endpoint::from_static("http://podvisor")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -37,7 +48,7 @@ pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
             }
         }))
         .await?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// A daemon with its own socket, state and run directories.
@@ -149,5 +160,30 @@ impl Drop for Daemon {
             }
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        // Pod shares hold bind mounts (image layers, host paths): unmount
+        // them before the temporary directory is deleted through them.
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Mount points at or under `dir` (from /proc/self/mountinfo), deepest
+/// first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn unmount_under(dir: &Path) {
+    for _ in 0..4 {
+        for m in mounts_under(dir) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }

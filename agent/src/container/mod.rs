@@ -137,6 +137,26 @@ impl Container {
             })
     }
 
+    /// Forgets an exec that has exited, with its buffered output: a runtime
+    /// that ran a probe every few seconds would otherwise fill the guest.
+    pub fn release_exec(&self, exec_id: &str) -> Result<()> {
+        let mut execs = lock(&self.execs);
+        let process = execs
+            .get(exec_id)
+            .ok_or_else(|| AgentError::ProcessNotFound {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })?;
+        if process.exit().is_none() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "exec {exec_id:?} of container {:?} is still running",
+                self.id
+            )));
+        }
+        execs.remove(exec_id);
+        Ok(())
+    }
+
     pub fn usage(&self) -> Result<Usage> {
         self.cgroup.usage()
     }

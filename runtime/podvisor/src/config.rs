@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
+use crate::image::RegistryConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -27,6 +28,8 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub virtiofsd: VirtiofsdConfig,
     pub sandbox: SandboxDefaults,
+    /// Registry mirrors and plain-HTTP hosts for image pulls.
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             hypervisor: HypervisorConfig::default(),
             virtiofsd: VirtiofsdConfig::default(),
             sandbox: SandboxDefaults::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod hypervisor;
 pub mod image;

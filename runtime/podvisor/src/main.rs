@@ -4,9 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use podvisor::config::{Config, DEFAULT_CONFIG_PATH};
+use podvisor::container::ContainerManager;
+use podvisor::cri::image::Images;
 use podvisor::cri::runtime::Runtime;
+use podvisor::image::ImageService;
 use podvisor::sandbox::SandboxManager;
 use tokio::net::UnixListener;
 use tracing_subscriber::EnvFilter;
@@ -53,6 +57,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         .recover()
         .await
         .map_err(|e| format!("recovering pod sandboxes: {e}"))?;
+    let image_root = config.state_dir.join("images");
+    let registry = config.registry.clone();
+    let images = tokio::task::spawn_blocking(move || ImageService::open(image_root, registry))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("opening the image store: {e}"))?;
+    let containers = ContainerManager::new(config.clone(), sandboxes.clone(), images.clone());
+    containers.recover().await;
 
     let socket = &config.socket;
     if let Some(dir) = socket.parent() {
@@ -68,7 +80,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let runtime = Runtime {
         config: config.clone(),
         sandboxes,
+        containers: containers.clone(),
     };
+    let image_service = Images { images, containers };
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -82,6 +96,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(ImageServiceServer::new(image_service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             stop,

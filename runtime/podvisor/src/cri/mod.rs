@@ -1,10 +1,13 @@
 //! The CRI v1 gRPC services kubelet and crictl talk to: request
 //! validation, and the mapping of module errors onto gRPC codes.
 
+pub mod image;
 pub mod runtime;
 
 use tonic::Status;
 
+use crate::container::ContainerError;
+use crate::image::ImageError;
 use crate::sandbox::SandboxError;
 
 impl From<SandboxError> for Status {
@@ -16,9 +19,55 @@ impl From<SandboxError> for Status {
             }
             SandboxError::NotFound(_) => Status::not_found(message),
             SandboxError::AlreadyExists { .. } => Status::already_exists(message),
-            SandboxError::Vm(_) | SandboxError::Agent(_) | SandboxError::Io(_) => {
-                Status::internal(message)
+            SandboxError::Vm(_)
+            | SandboxError::Agent(_)
+            | SandboxError::Share(_)
+            | SandboxError::Io(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<ImageError> for Status {
+    fn from(err: ImageError) -> Status {
+        let message = err.to_string();
+        match err {
+            ImageError::InvalidReference { .. } => Status::invalid_argument(message),
+            ImageError::NotFound(_) | ImageError::NotInRegistry { .. } => {
+                Status::not_found(message)
             }
+            ImageError::Unreachable { .. } => Status::unavailable(message),
+            ImageError::InUse { .. } => Status::failed_precondition(message),
+            ImageError::Unauthorized { .. } | ImageError::Registry { .. } => {
+                Status::unknown(message)
+            }
+            ImageError::Config(_) | ImageError::Io { .. } => Status::internal(message),
+        }
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(err: ContainerError) -> Status {
+        let message = err.to_string();
+        match err {
+            ContainerError::Sandbox(e) => e.into(),
+            ContainerError::Image(e) => e.into(),
+            ContainerError::InvalidArgument(_)
+            | ContainerError::Ambiguous(_)
+            | ContainerError::Spec(_) => Status::invalid_argument(message),
+            ContainerError::NotFound(_) => Status::not_found(message),
+            ContainerError::AlreadyExists { .. } => Status::already_exists(message),
+            ContainerError::SandboxNotReady { .. } | ContainerError::FailedPrecondition(_) => {
+                Status::failed_precondition(message)
+            }
+            ContainerError::Share(crate::volume::share::ShareError::MissingHostPath(_)) => {
+                Status::invalid_argument(message)
+            }
+            // The agent's own code says best what went wrong in the guest
+            // (InvalidArgument for a bad spec, NotFound for a missing
+            // binary...), with our context in front.
+            ContainerError::Agent { status, .. } => Status::new(status.code(), message),
+            ContainerError::Timeout(_) => Status::deadline_exceeded(message),
+            ContainerError::Share(_) | ContainerError::Io(_) => Status::internal(message),
         }
     }
 }

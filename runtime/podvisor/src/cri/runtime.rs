@@ -1,5 +1,5 @@
-//! CRI RuntimeService: pod sandboxes and runtime status. Container calls
-//! are answered Unimplemented until the container layer lands.
+//! CRI RuntimeService: pod sandboxes, their containers, runtime status.
+//! Exec, Attach and PortForward (the streaming calls) are not served yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
+use crate::container::{ContainerManager, ContainerRecord, ContainerState};
 use crate::sandbox::{PodMetadata, RunRequest, SandboxManager, SandboxRecord, SandboxState};
 
 /// The CRI API version this runtime speaks.
@@ -18,6 +19,7 @@ pub const RUNTIME_NAME: &str = "podvisor";
 pub struct Runtime {
     pub config: Arc<Config>,
     pub sandboxes: Arc<SandboxManager>,
+    pub containers: Arc<ContainerManager>,
 }
 
 fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -98,6 +100,171 @@ fn matches_filter(r: &SandboxRecord, filter: &cri::PodSandboxFilter) -> bool {
             .all(|(k, v)| r.labels.get(k) == Some(v))
 }
 
+fn container_state(r: &ContainerRecord) -> cri::ContainerState {
+    match r.state {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+    }
+}
+
+fn container_matches(r: &ContainerRecord, filter: &cri::ContainerFilter) -> bool {
+    (filter.id.is_empty() || r.id.starts_with(&filter.id))
+        && (filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id))
+        && filter
+            .state
+            .as_ref()
+            .is_none_or(|s| s.state == container_state(r) as i32)
+        && filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    let exit = r.exit.clone().unwrap_or(crate::container::ExitRecord {
+        code: 0,
+        finished_at_ns: 0,
+        reason: String::new(),
+        message: String::new(),
+    });
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: r.name.clone(),
+            attempt: r.attempt,
+        }),
+        state: container_state(r) as i32,
+        created_at: r.created_at_ns,
+        started_at: r.started_at_ns,
+        finished_at: exit.finished_at_ns,
+        exit_code: exit.code,
+        image: Some(cri::ImageSpec {
+            image: r.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_ref.clone(),
+        reason: exit.reason,
+        message: exit.message,
+        labels: unsorted(&r.labels),
+        annotations: unsorted(&r.annotations),
+        mounts: r
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: r.log_path.clone(),
+        resources: None,
+        image_id: r.image_id.clone(),
+        user: None,
+    }
+}
+
+fn u64_value(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+fn container_attributes(r: &ContainerRecord) -> cri::ContainerAttributes {
+    cri::ContainerAttributes {
+        id: r.id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: r.name.clone(),
+            attempt: r.attempt,
+        }),
+        labels: unsorted(&r.labels),
+        annotations: unsorted(&r.annotations),
+    }
+}
+
+impl Runtime {
+    async fn container_stats_of(&self, id: &str) -> Result<cri::ContainerStats, Status> {
+        let (r, stats) = self.containers.stats(id).await?;
+        let mut out = cri::ContainerStats {
+            attributes: Some(container_attributes(&r)),
+            ..Default::default()
+        };
+        if let Some(s) = stats {
+            let at = s
+                .timestamp
+                .as_ref()
+                .map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+            out.cpu = Some(cri::CpuUsage {
+                timestamp: at,
+                usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
+                usage_nano_cores: None,
+            });
+            out.memory = Some(cri::MemoryUsage {
+                timestamp: at,
+                working_set_bytes: u64_value(s.memory_working_set_bytes),
+                usage_bytes: u64_value(s.memory_usage_bytes),
+                rss_bytes: u64_value(s.memory_rss_bytes),
+                ..Default::default()
+            });
+        }
+        Ok(out)
+    }
+
+    /// A pod's usage is its containers' usage added up.
+    async fn pod_stats_of(&self, r: &SandboxRecord) -> cri::PodSandboxStats {
+        let mut containers = Vec::new();
+        for c in self.containers.of_sandbox(&r.id) {
+            if let Ok(s) = self.container_stats_of(&c.id).await {
+                containers.push(s);
+            }
+        }
+        let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| {
+            containers.iter().filter_map(f).sum::<u64>()
+        };
+        let cpu = sum(&|s| {
+            s.cpu
+                .as_ref()?
+                .usage_core_nano_seconds
+                .as_ref()
+                .map(|v| v.value)
+        });
+        let ws = sum(&|s| {
+            s.memory
+                .as_ref()?
+                .working_set_bytes
+                .as_ref()
+                .map(|v| v.value)
+        });
+        let usage = sum(&|s| s.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value));
+        let now = crate::container::now_ns();
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: r.id.clone(),
+                metadata: Some(metadata_of(r)),
+                labels: unsorted(&r.labels),
+                annotations: unsorted(&r.annotations),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cri::CpuUsage {
+                    timestamp: now,
+                    usage_core_nano_seconds: u64_value(cpu),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: u64_value(ws),
+                    usage_bytes: u64_value(usage),
+                    ..Default::default()
+                }),
+                network: None,
+                process: None,
+                containers,
+            }),
+            windows: None,
+        }
+    }
+}
+
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
         "{what} is not implemented by podvisor yet"
@@ -139,7 +306,17 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        self.sandboxes.stop(&req.get_ref().pod_sandbox_id).await?;
+        let pod = match self.sandboxes.get(&req.get_ref().pod_sandbox_id) {
+            Ok(pod) => pod,
+            // Idempotent, as kubelet expects: stopping a removed pod is fine.
+            Err(crate::sandbox::SandboxError::NotFound(_)) => {
+                return Ok(Response::new(cri::StopPodSandboxResponse {}))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let grace = std::time::Duration::from_secs(self.config.sandbox.stop_grace_secs);
+        self.containers.stop_all_in(&pod.id(), grace).await;
+        self.sandboxes.stop(&pod.id()).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -148,7 +325,15 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        self.sandboxes.remove(&req.get_ref().pod_sandbox_id).await?;
+        let pod = match self.sandboxes.get(&req.get_ref().pod_sandbox_id) {
+            Ok(pod) => pod,
+            Err(crate::sandbox::SandboxError::NotFound(_)) => {
+                return Ok(Response::new(cri::RemovePodSandboxResponse {}))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.containers.remove_all_in(&pod.id()).await?;
+        self.sandboxes.remove(&pod.id()).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -271,60 +456,113 @@ impl RuntimeService for Runtime {
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(sandbox = %req.get_ref().pod_sandbox_id, container = tracing::field::Empty))]
     async fn create_container(
         &self,
-        _: Request<cri::CreateContainerRequest>,
+        req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        unimplemented("CreateContainer")
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: config is missing"))?;
+        if let Some(m) = &config.metadata {
+            tracing::Span::current().record("container", m.name.as_str());
+        }
+        let id = self.containers.create(&req.pod_sandbox_id, config).await?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn start_container(
         &self,
-        _: Request<cri::StartContainerRequest>,
+        req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        unimplemented("StartContainer")
+        self.containers.start(&req.get_ref().container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn stop_container(
         &self,
-        _: Request<cri::StopContainerRequest>,
+        req: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        unimplemented("StopContainer")
+        let req = req.into_inner();
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        self.containers.stop(&req.container_id, timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn remove_container(
         &self,
-        _: Request<cri::RemoveContainerRequest>,
+        req: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        unimplemented("RemoveContainer")
+        self.containers.remove(&req.get_ref().container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
     async fn container_status(
         &self,
-        _: Request<cri::ContainerStatusRequest>,
+        req: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        unimplemented("ContainerStatus")
+        let req = req.into_inner();
+        let r = self.containers.status(&req.container_id)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let json = serde_json::json!({
+                "sandboxId": r.sandbox_id,
+                "process": r.process,
+                "logOffset": r.log_offset,
+            });
+            info.insert("info".to_string(), json.to_string());
+        }
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(container_status(&r)),
+            info,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        unimplemented("UpdateContainerResources")
+        let req = req.into_inner();
+        let resources = req.linux.unwrap_or_default();
+        self.containers
+            .update_resources(&req.container_id, &resources)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        unimplemented("ReopenContainerLog")
+        self.containers
+            .reopen_log(&req.get_ref().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn exec_sync(
         &self,
-        _: Request<cri::ExecSyncRequest>,
+        req: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        unimplemented("ExecSync")
+        let req = req.into_inner();
+        let timeout = (req.timeout > 0).then(|| std::time::Duration::from_secs(req.timeout as u64));
+        let out = self
+            .containers
+            .exec_sync(&req.container_id, req.cmd, timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(
@@ -350,16 +588,23 @@ impl RuntimeService for Runtime {
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        unimplemented("ContainerStats")
+        let stats = self.container_stats_of(&req.get_ref().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        unimplemented("PodSandboxStats")
+        let pod = self.sandboxes.get(&req.get_ref().pod_sandbox_id)?;
+        let stats = self.pod_stats_of(&pod.record()).await;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn checkpoint_container(
@@ -385,30 +630,78 @@ impl RuntimeService for Runtime {
 
     async fn list_containers(
         &self,
-        _: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        // No container layer yet, so there are none (kubelet polls this).
-        Ok(Response::new(cri::ListContainersResponse {
-            containers: vec![],
-        }))
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containers
+            .list()
+            .iter()
+            .filter(|r| container_matches(r, &filter))
+            .map(|r| cri::Container {
+                id: r.id.clone(),
+                pod_sandbox_id: r.sandbox_id.clone(),
+                metadata: Some(cri::ContainerMetadata {
+                    name: r.name.clone(),
+                    attempt: r.attempt,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: r.image.clone(),
+                    ..Default::default()
+                }),
+                image_ref: r.image_ref.clone(),
+                state: container_state(r) as i32,
+                created_at: r.created_at_ns,
+                labels: unsorted(&r.labels),
+                annotations: unsorted(&r.annotations),
+                image_id: r.image_id.clone(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Ok(Response::new(cri::ListContainerStatsResponse {
-            stats: vec![],
-        }))
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for r in self.containers.list() {
+            let wanted = (filter.id.is_empty() || r.id.starts_with(&filter.id))
+                && (filter.pod_sandbox_id.is_empty()
+                    || r.sandbox_id.starts_with(&filter.pod_sandbox_id))
+                && filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v));
+            if wanted {
+                // A container that ended meanwhile is simply left out.
+                if let Ok(s) = self.container_stats_of(&r.id).await {
+                    stats.push(s);
+                }
+            }
+        }
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Ok(Response::new(cri::ListPodSandboxStatsResponse {
-            stats: vec![],
-        }))
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for pod in self.sandboxes.list() {
+            let r = pod.record();
+            let wanted = (filter.id.is_empty() || r.id.starts_with(&filter.id))
+                && filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v));
+            if wanted {
+                stats.push(self.pod_stats_of(&r).await);
+            }
+        }
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     type GetContainerEventsStream = std::pin::Pin<

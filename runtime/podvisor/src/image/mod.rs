@@ -103,8 +103,20 @@ impl ImageService {
         }
         let _diff_lease = self.store.lease(config.rootfs.diff_ids.iter().cloned());
 
-        let results: Vec<bool> = stream::iter(manifest.layers.iter().zip(&config.rootfs.diff_ids))
-            .map(|(desc, diff_id)| self.ensure_layer(&session, desc, diff_id, &shown))
+        // Owned items: a closure over borrowed ones makes the future
+        // lifetime-generic, which a Send-bound gRPC handler cannot hold.
+        let jobs: Vec<(OciDescriptor, String)> = manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        let (session_ref, shown_ref) = (&session, &shown);
+        let results: Vec<bool> = stream::iter(jobs)
+            .map(|(desc, diff_id)| async move {
+                self.ensure_layer(session_ref, &desc, &diff_id, shown_ref)
+                    .await
+            })
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect()
             .await?;

@@ -19,6 +19,7 @@ use podvisor_proto::{DnsConfig, SetupSandboxRequest, SharedMount};
 use crate::agent_client::{self, Agent};
 use crate::config::Config;
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
+use crate::volume::share::{self, PodShare};
 use crate::volume::virtiofsd::Virtiofsd;
 pub use record::{PodMetadata, SandboxRecord, SandboxState};
 
@@ -46,6 +47,8 @@ pub enum SandboxError {
     Vm(#[from] VmError),
     #[error("setting up the pod inside its VM: {0}")]
     Agent(String),
+    #[error("sharing files with the pod VM: {0}")]
+    Share(#[from] share::ShareError),
     #[error("pod sandbox state: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -97,6 +100,17 @@ impl Pod {
         let mut record = self.lock_record();
         change(&mut record);
         record.save()
+    }
+
+    /// The pod's virtio-fs share on the host.
+    pub fn share(&self) -> PodShare {
+        PodShare::new(self.lock_record().share_dir(), GUEST_SHARE_DIR)
+    }
+
+    /// Drops the agent connection, so the next call dials again (after a
+    /// broken stream).
+    pub async fn forget_agent(&self) {
+        self.live.lock().await.agent = None;
     }
 
     /// A client for the pod's agent, connecting on first use (after a
@@ -230,7 +244,9 @@ impl SandboxManager {
                 tracing::warn!(%id, %err, "pod sandbox failed to start; cleaning up");
                 self.teardown(&pod).await;
                 self.pods().remove(&id);
-                let _ = std::fs::remove_dir_all(&record.dir);
+                if pod.share().teardown().is_ok() {
+                    let _ = std::fs::remove_dir_all(&record.dir);
+                }
                 let _ = std::fs::remove_dir_all(&record.run_dir);
                 Err(err)
             }
@@ -239,8 +255,8 @@ impl SandboxManager {
 
     async fn boot(&self, pod: &Arc<Pod>, req: &RunRequest) -> Result<()> {
         let record = pod.record();
-        std::fs::create_dir_all(record.share_dir())?;
         std::fs::create_dir_all(&record.run_dir)?;
+        pod.share().prepare()?;
         record.save()?;
         let mut live = pod.live.lock().await;
         let fs = Virtiofsd::start(
@@ -267,6 +283,7 @@ impl SandboxManager {
         let setup = SetupSandboxRequest {
             hostname: req.hostname.clone(),
             dns: req.dns.clone(),
+            host_time: Some(host_time()),
             mounts: vec![SharedMount {
                 fstype: "virtiofs".into(),
                 source: SHARE_TAG.into(),
@@ -320,6 +337,9 @@ impl SandboxManager {
             if let Some(fs) = live.fs.take() {
                 fs.stop().await;
             }
+            if let Err(e) = pod.share().teardown() {
+                tracing::warn!(id = %pod.id(), %e, "unmounting the pod share");
+            }
         });
     }
 
@@ -359,6 +379,7 @@ impl SandboxManager {
             r.virtiofsd_pid = None;
             r.dialer = None;
         })?;
+        pod.share().teardown()?;
         tracing::info!(id = %pod.id(), "pod sandbox stopped");
         Ok(())
     }
@@ -373,6 +394,9 @@ impl SandboxManager {
         };
         self.stop(&pod.id()).await?;
         let record = pod.record();
+        // The share must hold no mounts before its directory goes, or the
+        // removal would reach into kubelet's volumes.
+        pod.share().teardown()?;
         std::fs::remove_dir_all(&record.run_dir).or_else(ignore_missing)?;
         std::fs::remove_dir_all(&record.dir).or_else(ignore_missing)?;
         self.pods().remove(&record.id);
@@ -450,6 +474,16 @@ impl SandboxManager {
             self.pods().insert(record.id.clone(), pod);
         }
         Ok(())
+    }
+}
+
+fn host_time() -> podvisor_proto::Timestamp {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    podvisor_proto::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
     }
 }
 

@@ -1,3 +1,4 @@
 //! File systems shared into pod VMs.
 
+pub mod share;
 pub mod virtiofsd;

@@ -1,0 +1,579 @@
+//! A CRI ContainerConfig plus its image's config, turned into the OCI
+//! runtime spec the agent runs. Only what the CRI request and the image say
+//! is filled in here; the agent adds the in-guest parts (rootfs, default
+//! mounts and namespaces, the pod's /etc files).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use serde_json::{json, Value};
+
+use crate::image::RuntimeConfig;
+
+/// containerd's default capabilities for a container that is not privileged.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("no command to run: the request has no command or args and image {0} has no entrypoint or cmd")]
+    NoCommand(String),
+    #[error("user {user:?} not found in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group {group:?} not found in the image's /etc/group")]
+    UnknownGroup { group: String },
+    #[error("working directory {0:?} is not an absolute path")]
+    RelativeWorkingDir(String),
+    #[error("mount container_path {0:?} is not an absolute path")]
+    RelativeMountPath(String),
+}
+
+/// A host path made visible in the guest, and where the container sees it.
+#[derive(Clone, Debug)]
+pub struct GuestMount {
+    pub guest_path: PathBuf,
+    pub container_path: String,
+    pub readonly: bool,
+    pub propagation: i32,
+}
+
+pub struct SpecInput<'a> {
+    pub config: &'a cri::ContainerConfig,
+    pub image_name: &'a str,
+    pub image: &'a RuntimeConfig,
+    /// The image's layers, top-most first, to look users and groups up in.
+    pub layers: &'a [PathBuf],
+    pub hostname: &'a str,
+    pub mounts: &'a [GuestMount],
+    /// RLIMIT_NOFILE and RLIMIT_NPROC (soft, hard).
+    pub nofile: (u64, u64),
+    pub nproc: (u64, u64),
+}
+
+/// The OCI spec, as JSON.
+pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
+    let config = input.config;
+    let linux = config.linux.clone().unwrap_or_default();
+    let security = linux.security_context.clone().unwrap_or_default();
+    let resources = linux.resources.clone().unwrap_or_default();
+
+    let args = command_line(config, input.image)
+        .ok_or_else(|| SpecError::NoCommand(input.image_name.to_string()))?;
+    let cwd = [
+        config.working_dir.as_str(),
+        input.image.working_dir.as_str(),
+    ]
+    .into_iter()
+    .find(|d| !d.is_empty())
+    .unwrap_or("/");
+    if !cwd.starts_with('/') {
+        return Err(SpecError::RelativeWorkingDir(cwd.to_string()));
+    }
+    let user = resolve_user(&security, &input.image.user, input.layers)?;
+    let caps = capabilities(security.capabilities.as_ref());
+
+    let mut process = json!({
+        "terminal": config.tty,
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": user.additional_gids,
+        },
+        "args": args,
+        "env": environment(config, input.image, input.hostname),
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps,
+            "effective": caps,
+            "permitted": caps,
+        },
+        "rlimits": [
+            {"type": "RLIMIT_NOFILE", "soft": input.nofile.0, "hard": input.nofile.1},
+            {"type": "RLIMIT_NPROC", "soft": input.nproc.0, "hard": input.nproc.1},
+        ],
+        "noNewPrivileges": security.no_new_privs,
+    });
+    if resources.oom_score_adj != 0 {
+        process["oomScoreAdj"] = json!(resources.oom_score_adj);
+    }
+
+    let mut mounts = Vec::new();
+    for m in input.mounts {
+        if !m.container_path.starts_with('/') {
+            return Err(SpecError::RelativeMountPath(m.container_path.clone()));
+        }
+        let mut options = vec!["rbind", if m.readonly { "ro" } else { "rw" }];
+        options.push(match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            _ => "rprivate",
+        });
+        mounts.push(json!({
+            "destination": m.container_path,
+            "type": "bind",
+            "source": m.guest_path,
+            "options": options,
+        }));
+    }
+
+    let mut linux_spec = json!({ "resources": oci_resources(&resources) });
+    if !security.masked_paths.is_empty() {
+        linux_spec["maskedPaths"] = json!(security.masked_paths);
+    }
+    if !security.readonly_paths.is_empty() {
+        linux_spec["readonlyPaths"] = json!(security.readonly_paths);
+    }
+
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": { "path": "rootfs", "readonly": security.readonly_rootfs },
+        "hostname": input.hostname,
+        "linux": linux_spec,
+    });
+    if !mounts.is_empty() {
+        // The agent adds the default mounts (/proc, /dev, ...) around these.
+        spec["mounts"] = json!(default_mounts()
+            .into_iter()
+            .chain(mounts)
+            .collect::<Vec<_>>());
+    }
+    Ok(spec)
+}
+
+/// Docker's rule: the request's command replaces the entrypoint, its args
+/// replace the image's cmd.
+fn command_line(config: &cri::ContainerConfig, image: &RuntimeConfig) -> Option<Vec<String>> {
+    let mut args = if !config.command.is_empty() {
+        config.command.clone()
+    } else {
+        image.entrypoint.clone()
+    };
+    if !config.args.is_empty() {
+        args.extend(config.args.iter().cloned());
+    } else if config.command.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    }
+    (!args.is_empty() && !args[0].is_empty()).then_some(args)
+}
+
+/// The image's environment, overridden by the request's, plus HOSTNAME and
+/// a PATH when neither gives one.
+fn environment(
+    config: &cri::ContainerConfig,
+    image: &RuntimeConfig,
+    hostname: &str,
+) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut set = |key: &str, value: &str| {
+        if env.insert(key.to_string(), value.to_string()).is_none() {
+            order.push(key.to_string());
+        }
+    };
+    set("PATH", &DEFAULT_PATH[5..]);
+    if !hostname.is_empty() {
+        set("HOSTNAME", hostname);
+    }
+    for entry in &image.env {
+        let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
+        set(k, v);
+    }
+    for kv in &config.envs {
+        set(&kv.key, &kv.value);
+    }
+    order.iter().map(|k| format!("{k}={}", env[k])).collect()
+}
+
+fn capabilities(requested: Option<&cri::Capability>) -> Vec<String> {
+    let normalize = |c: &String| {
+        let c = c.to_ascii_uppercase();
+        if c.starts_with("CAP_") || c == "ALL" {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    let Some(requested) = requested else {
+        return caps;
+    };
+    let drop: Vec<String> = requested.drop_capabilities.iter().map(normalize).collect();
+    if drop.iter().any(|c| c == "ALL") {
+        caps.clear();
+    } else {
+        caps.retain(|c| !drop.contains(c));
+    }
+    for add in requested.add_capabilities.iter().map(normalize) {
+        // "ALL" is for privileged containers, which policy refuses.
+        if add != "ALL" && !caps.contains(&add) {
+            caps.push(add);
+        }
+    }
+    caps
+}
+
+fn oci_resources(r: &cri::LinuxContainerResources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if r.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period > 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut memory = serde_json::Map::new();
+    if r.memory_limit_in_bytes > 0 {
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
+    }
+    let mut out = serde_json::Map::new();
+    if !cpu.is_empty() {
+        out.insert("cpu".into(), Value::Object(cpu));
+    }
+    if !memory.is_empty() {
+        out.insert("memory".into(), Value::Object(memory));
+    }
+    if !r.unified.is_empty() {
+        out.insert("unified".into(), json!(r.unified));
+    }
+    Value::Object(out)
+}
+
+/// The OCI `linux.resources` for UpdateContainerResources.
+pub fn update_resources(r: &cri::LinuxContainerResources) -> Value {
+    oci_resources(r)
+}
+
+/// What the agent would add if the spec had no mounts; given explicitly
+/// when the spec lists mounts of its own.
+fn default_mounts() -> Vec<Value> {
+    vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ]
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// The security context's user wins over the image's `USER`; names are
+/// looked up in the image's /etc/passwd and /etc/group.
+fn resolve_user(
+    security: &cri::LinuxContainerSecurityContext,
+    image_user: &str,
+    layers: &[PathBuf],
+) -> Result<User, SpecError> {
+    let (user_part, group_part) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let passwd = read_image_file(layers, "etc/passwd");
+    let lookup_user = |name: &str| -> Result<(u32, u32), SpecError> {
+        passwd_entry(&passwd, |fields| fields[0] == name).ok_or_else(|| SpecError::UnknownUser {
+            user: name.to_string(),
+        })
+    };
+    let (uid, mut gid) = if let Some(uid) = &security.run_as_user {
+        let uid = uid.value as u32;
+        (uid, primary_gid(&passwd, uid))
+    } else if !security.run_as_username.is_empty() {
+        lookup_user(&security.run_as_username)?
+    } else if user_part.is_empty() {
+        (0, 0)
+    } else if let Ok(uid) = user_part.parse::<u32>() {
+        (uid, primary_gid(&passwd, uid))
+    } else {
+        lookup_user(user_part)?
+    };
+    if let Some(group) = group_part.filter(|g| !g.is_empty()) {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_image_file(layers, "etc/group");
+                groups
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() >= 3 && f[0] == group)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| SpecError::UnknownGroup {
+                        group: group.to_string(),
+                    })?
+            }
+        };
+    }
+    if let Some(g) = &security.run_as_group {
+        gid = g.value as u32;
+    }
+    let additional_gids = security
+        .supplemental_groups
+        .iter()
+        .map(|g| *g as u32)
+        .collect();
+    Ok(User {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+fn primary_gid(passwd: &str, uid: u32) -> u32 {
+    passwd_entry(passwd, |f| f[2] == uid.to_string()).map_or(0, |(_, gid)| gid)
+}
+
+fn passwd_entry(passwd: &str, pick: impl Fn(&[&str]) -> bool) -> Option<(u32, u32)> {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .find(|f| pick(f))
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+}
+
+/// The file as the container would see it: from the top-most layer that
+/// has it. Missing or unreadable is empty.
+fn read_image_file(layers: &[PathBuf], relative: &str) -> String {
+    layers
+        .iter()
+        .map(|l| l.join(relative))
+        .find(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> RuntimeConfig {
+        RuntimeConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn config(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_follows_dockers_rule() {
+        let img = image(&["/entry"], &["default"]);
+        let line = |c: &[&str], a: &[&str]| command_line(&config(c, a), &img).unwrap();
+        assert_eq!(line(&[], &[]), ["/entry", "default"]);
+        assert_eq!(line(&[], &["x"]), ["/entry", "x"]);
+        assert_eq!(line(&["/bin/sh"], &[]), ["/bin/sh"]);
+        assert_eq!(
+            line(&["/bin/sh"], &["-c", "true"]),
+            ["/bin/sh", "-c", "true"]
+        );
+        let bare = image(&[], &[]);
+        assert_eq!(command_line(&config(&[], &[]), &bare), None);
+        assert_eq!(command_line(&config(&[], &["ls"]), &bare).unwrap(), ["ls"]);
+    }
+
+    #[test]
+    fn request_env_overrides_image_env() {
+        let mut img = image(&[], &["sh"]);
+        img.env = vec!["A=image".into(), "PATH=/image/bin".into()];
+        let mut cfg = config(&[], &[]);
+        cfg.envs = vec![cri::KeyValue {
+            key: "A".into(),
+            value: "pod".into(),
+        }];
+        let env = environment(&cfg, &img, "web-1");
+        assert_eq!(env, ["PATH=/image/bin", "HOSTNAME=web-1", "A=pod"]);
+    }
+
+    #[test]
+    fn capabilities_add_and_drop() {
+        let caps = capabilities(Some(&cri::Capability {
+            add_capabilities: vec!["sys_ptrace".into()],
+            drop_capabilities: vec!["NET_RAW".into(), "CAP_MKNOD".into()],
+            add_ambient_capabilities: vec![],
+        }));
+        assert!(caps.contains(&"CAP_SYS_PTRACE".to_string()));
+        assert!(!caps.contains(&"CAP_NET_RAW".to_string()));
+        assert!(!caps.contains(&"CAP_MKNOD".to_string()));
+        assert!(caps.contains(&"CAP_CHOWN".to_string()));
+        let none = capabilities(Some(&cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["all".into()],
+            add_ambient_capabilities: vec![],
+        }));
+        assert_eq!(none, ["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn users_resolve_from_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let bottom = dir.path().join("bottom");
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(
+            top.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(top.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let layers = [top, bottom];
+        let sc = cri::LinuxContainerSecurityContext::default();
+        let user = |image_user: &str| resolve_user(&sc, image_user, &layers);
+        assert_eq!(user("").unwrap().uid, 0);
+        assert_eq!(
+            user("www").unwrap(),
+            User {
+                uid: 33,
+                gid: 34,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(user("33").unwrap().gid, 34);
+        assert_eq!(user("www:staff").unwrap().gid, 50);
+        assert_eq!(
+            user("1000:7").unwrap(),
+            User {
+                uid: 1000,
+                gid: 7,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            user("nobody"),
+            Err(SpecError::UnknownUser {
+                user: "nobody".into()
+            })
+        );
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 33 }),
+            run_as_group: Some(cri::Int64Value { value: 99 }),
+            supplemental_groups: vec![5],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_user(&sc, "root", &layers).unwrap(),
+            User {
+                uid: 33,
+                gid: 99,
+                additional_gids: vec![5]
+            }
+        );
+    }
+
+    #[test]
+    fn spec_carries_mounts_limits_and_resources() {
+        let img = image(&[], &["sh"]);
+        let mut cfg = config(&[], &[]);
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            security_context: None,
+        });
+        let mounts = [GuestMount {
+            guest_path: "/run/podvisor/share/mounts/c/0".into(),
+            container_path: "/data".into(),
+            readonly: true,
+            propagation: 0,
+        }];
+        let spec = build(&SpecInput {
+            config: &cfg,
+            image_name: "busybox",
+            image: &img,
+            layers: &[],
+            hostname: "pod",
+            mounts: &mounts,
+            nofile: (1024, 65535),
+            nproc: (1024, 65535),
+        })
+        .unwrap();
+        assert_eq!(spec["process"]["args"], json!(["sh"]));
+        assert_eq!(spec["process"]["rlimits"][0]["hard"], json!(65535));
+        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], json!(50_000));
+        assert_eq!(
+            spec["linux"]["resources"]["memory"]["limit"],
+            json!(64 << 20)
+        );
+        let data = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap();
+        assert_eq!(data["options"], json!(["rbind", "ro", "rprivate"]));
+        assert!(spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/proc"));
+        // The agent's OCI parser takes what we build.
+        let _: oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let img = image(&[], &["sh"]);
+        let mut cfg = config(&[], &[]);
+        cfg.working_dir = "app".into();
+        let input = SpecInput {
+            config: &cfg,
+            image_name: "img",
+            image: &img,
+            layers: &[],
+            hostname: "",
+            mounts: &[],
+            nofile: (1, 1),
+            nproc: (1, 1),
+        };
+        assert_eq!(
+            build(&input),
+            Err(SpecError::RelativeWorkingDir("app".into()))
+        );
+    }
+}
