@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
+use crate::policy::PolicyConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -27,6 +28,8 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub virtiofsd: VirtiofsdConfig,
     pub sandbox: SandboxDefaults,
+    /// Fargate profiles and container rlimits (admission rules are fixed).
+    pub policy: PolicyConfig,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             hypervisor: HypervisorConfig::default(),
             virtiofsd: VirtiofsdConfig::default(),
             sandbox: SandboxDefaults::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
