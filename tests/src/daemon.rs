@@ -63,6 +63,13 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config (qemu backend, directories of its own) and starts.
     pub async fn start() -> (Daemon, Cri) {
+        // No CPU quota: TCG boots are slow enough without a quarter of a
+        // CPU (the policy tests turn it on).
+        Self::start_with("[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n").await
+    }
+
+    /// Like [`Daemon::start`], with `extra` TOML sections appended.
+    pub async fn start_with(extra: &str) -> (Daemon, Cri) {
         let dir = tempfile::Builder::new()
             .prefix("podvisor-daemon-")
             .tempdir()
@@ -74,10 +81,11 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\n[hypervisor]\nbackend = \"qemu\"\nboot_timeout_secs = 90\n\n[sandbox]\nvcpus = 1\nmemory_mib = 256\nstop_grace_secs = 2\n",
+                "socket = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\n[hypervisor]\nbackend = \"qemu\"\nboot_timeout_secs = 90\n\n{}",
                 socket.display(),
                 dir.path().join("state").display(),
-                run_dir.display()
+                run_dir.display(),
+                extra
             ),
         )
         .unwrap();

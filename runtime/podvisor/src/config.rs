@@ -11,6 +11,7 @@ use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
+use crate::policy::PolicyConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -30,6 +31,8 @@ pub struct Config {
     pub sandbox: SandboxDefaults,
     /// Registry mirrors and plain-HTTP hosts for image pulls.
     pub registry: RegistryConfig,
+    /// Fargate profiles and container rlimits (admission rules are fixed).
+    pub policy: PolicyConfig,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             virtiofsd: VirtiofsdConfig::default(),
             sandbox: SandboxDefaults::default(),
             registry: RegistryConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -102,23 +106,24 @@ impl HypervisorConfig {
     }
 }
 
-/// VM size for pods whose requests say nothing (policy sizes the rest).
+/// Pod VM settings that policy does not decide (it sizes the VMs).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxDefaults {
-    pub vcpus: u32,
-    pub memory_mib: u32,
     /// Seconds the agent gives containers between SIGTERM and SIGKILL when
     /// a pod is stopped.
     pub stop_grace_secs: u64,
+    /// Hold each VM to its Fargate vCPU with a CFS quota on the host (a
+    /// 0.25 vCPU pod gets a quarter of a host CPU). Needs the cpu cgroup
+    /// controller.
+    pub cpu_quota: bool,
 }
 
 impl Default for SandboxDefaults {
     fn default() -> Self {
         SandboxDefaults {
-            vcpus: 1,
-            memory_mib: 512,
             stop_grace_secs: 10,
+            cpu_quota: true,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod logs;
 pub mod persist;
+pub mod policy;
 pub mod sandbox;
 pub mod tools;
 pub mod volume;

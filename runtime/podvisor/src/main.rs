@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use podvisor::config::{Config, DEFAULT_CONFIG_PATH};
@@ -27,6 +27,24 @@ struct Cli {
     /// Print the default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Without a subcommand, run the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The Fargate policy pods run under.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// List the admission rules, one line each.
+    Explain,
 }
 
 #[tokio::main]
@@ -34,6 +52,13 @@ async fn main() {
     let cli = Cli::parse();
     if cli.print_default_config {
         print!("{}", Config::default().to_toml());
+        return;
+    }
+    if let Some(Command::Policy {
+        command: PolicyCommand::Explain,
+    }) = cli.command
+    {
+        print!("{}", podvisor::policy::explain());
         return;
     }
     tracing_subscriber::fmt()

@@ -31,8 +31,6 @@ pub use io::ExecOutput;
 pub use record::{ContainerRecord, ContainerState, ExitRecord, MountRecord};
 use spec::{GuestMount, SpecError, SpecInput};
 
-/// RLIMIT_NOFILE / RLIMIT_NPROC of every container process (Fargate's).
-pub const DEFAULT_RLIMIT: (u64, u64) = (1024, 65535);
 /// How long StopContainer waits after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -423,8 +421,7 @@ impl ContainerManager {
             layers,
             hostname: &pod.record().hostname,
             mounts: &guest_mounts,
-            nofile: DEFAULT_RLIMIT,
-            nproc: DEFAULT_RLIMIT,
+            limits: &self.config.policy.limits,
         })?;
         let request = CreateContainerRequest {
             container_id: id.to_string(),

@@ -10,6 +10,7 @@ use k8s_cri::v1 as cri;
 use serde_json::{json, Value};
 
 use crate::image::RuntimeConfig;
+use crate::policy::LimitsConfig;
 
 /// containerd's default capabilities for a container that is not privileged.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -62,9 +63,8 @@ pub struct SpecInput<'a> {
     pub layers: &'a [PathBuf],
     pub hostname: &'a str,
     pub mounts: &'a [GuestMount],
-    /// RLIMIT_NOFILE and RLIMIT_NPROC (soft, hard).
-    pub nofile: (u64, u64),
-    pub nproc: (u64, u64),
+    /// RLIMIT_NOFILE and RLIMIT_NPROC of the process and its execs.
+    pub limits: &'a LimitsConfig,
 }
 
 /// The OCI spec, as JSON.
@@ -104,10 +104,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
             "effective": caps,
             "permitted": caps,
         },
-        "rlimits": [
-            {"type": "RLIMIT_NOFILE", "soft": input.nofile.0, "hard": input.nofile.1},
-            {"type": "RLIMIT_NPROC", "soft": input.nproc.0, "hard": input.nproc.1},
-        ],
+        "rlimits": input.limits.oci_rlimits(),
         "noNewPrivileges": security.no_new_privs,
     });
     if resources.oom_score_adj != 0 {
@@ -529,8 +526,7 @@ mod tests {
             layers: &[],
             hostname: "pod",
             mounts: &mounts,
-            nofile: (1024, 65535),
-            nproc: (1024, 65535),
+            limits: &LimitsConfig::default(),
         })
         .unwrap();
         assert_eq!(spec["process"]["args"], json!(["sh"]));
@@ -568,8 +564,7 @@ mod tests {
             layers: &[],
             hostname: "",
             mounts: &[],
-            nofile: (1, 1),
-            nproc: (1, 1),
+            limits: &LimitsConfig::default(),
         };
         assert_eq!(
             build(&input),

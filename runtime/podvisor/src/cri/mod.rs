@@ -8,6 +8,7 @@ use tonic::Status;
 
 use crate::container::ContainerError;
 use crate::image::ImageError;
+use crate::policy::PolicyError;
 use crate::sandbox::SandboxError;
 
 impl From<SandboxError> for Status {
@@ -22,7 +23,20 @@ impl From<SandboxError> for Status {
             SandboxError::Vm(_)
             | SandboxError::Agent(_)
             | SandboxError::Share(_)
+            | SandboxError::Cgroup(_)
             | SandboxError::Io(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<PolicyError> for Status {
+    fn from(err: PolicyError) -> Status {
+        let message = err.to_string();
+        match err {
+            PolicyError::NoMatchingProfile { .. } | PolicyError::Forbidden { .. } => {
+                Status::failed_precondition(message)
+            }
+            PolicyError::TooLarge { .. } => Status::resource_exhausted(message),
         }
     }
 }

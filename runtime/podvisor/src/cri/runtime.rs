@@ -46,7 +46,8 @@ fn state_of(r: &SandboxRecord) -> cri::PodSandboxState {
     }
 }
 
-/// Checks a RunPodSandbox config and turns it into a sandbox request.
+/// Checks a RunPodSandbox config, lets policy admit and size it, and turns
+/// it into a sandbox request.
 fn run_request(
     config: Option<cri::PodSandboxConfig>,
     defaults: &Config,
@@ -55,6 +56,7 @@ fn run_request(
         config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is missing"))?;
     let m = config
         .metadata
+        .clone()
         .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config.metadata is missing"))?;
     for (field, value) in [
         ("name", &m.name),
@@ -67,6 +69,14 @@ fn run_request(
             )));
         }
     }
+    let admission = defaults.policy.admit_pod(&config)?;
+    let size = admission.size;
+    let mut annotations = sorted(&config.annotations);
+    for (key, value) in admission.annotations() {
+        annotations.insert(key.to_string(), value);
+    }
+    // A whole number of vCPUs needs no quota: the VM cannot use more.
+    let fractional = size.cpu_quota_percent < size.vcpus * 100;
     Ok(RunRequest {
         metadata: PodMetadata {
             name: m.name,
@@ -75,7 +85,7 @@ fn run_request(
             attempt: m.attempt,
         },
         labels: sorted(&config.labels),
-        annotations: sorted(&config.annotations),
+        annotations,
         hostname: config.hostname,
         log_directory: config.log_directory,
         dns: config.dns_config.map(|d| podvisor_proto::DnsConfig {
@@ -83,8 +93,9 @@ fn run_request(
             searches: d.searches,
             options: d.options,
         }),
-        vcpus: defaults.sandbox.vcpus,
-        memory_mib: defaults.sandbox.memory_mib,
+        vcpus: size.vcpus,
+        memory_mib: u32::try_from(size.memory_mib).unwrap_or(u32::MAX),
+        cpu_quota_us: (defaults.sandbox.cpu_quota && fractional).then(|| size.cpu_quota_us()),
     })
 }
 
@@ -349,6 +360,7 @@ impl RuntimeService for Runtime {
                 "backend": r.backend,
                 "vcpus": r.vcpus,
                 "memoryMiB": r.memory_mib,
+                "cpuQuotaUs": r.cpu_quota_us,
                 "vmPid": r.vm_pid,
                 "virtiofsdPid": r.virtiofsd_pid,
                 "runDir": r.run_dir,
@@ -468,6 +480,7 @@ impl RuntimeService for Runtime {
         if let Some(m) = &config.metadata {
             tracing::Span::current().record("container", m.name.as_str());
         }
+        crate::policy::admit_container(req.sandbox_config.as_ref(), &config)?;
         let id = self.containers.create(&req.pod_sandbox_id, config).await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,

@@ -3,6 +3,7 @@
 //! podvisor-vmm). The runtime above sees only [`Hypervisor`] and [`Vm`].
 
 pub mod accel;
+pub mod cgroup;
 pub mod kvm;
 pub mod process;
 pub mod qemu;

@@ -18,6 +18,7 @@ use podvisor_proto::{DnsConfig, SetupSandboxRequest, SharedMount};
 
 use crate::agent_client::{self, Agent};
 use crate::config::Config;
+use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
 use crate::volume::share::{self, PodShare};
 use crate::volume::virtiofsd::Virtiofsd;
@@ -26,6 +27,8 @@ pub use record::{PodMetadata, SandboxRecord, SandboxState};
 /// The share's tag, and where the agent mounts it in the guest.
 pub const SHARE_TAG: &str = "podvisor";
 pub const GUEST_SHARE_DIR: &str = "/run/podvisor/share";
+/// The CFS period of a pod VM's CPU quota.
+pub const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -47,6 +50,8 @@ pub enum SandboxError {
     Vm(#[from] VmError),
     #[error("setting up the pod inside its VM: {0}")]
     Agent(String),
+    #[error("limiting the pod VM's CPU: {0}")]
+    Cgroup(#[from] CgroupError),
     #[error("sharing files with the pod VM: {0}")]
     Share(#[from] share::ShareError),
     #[error("pod sandbox state: {0}")]
@@ -66,6 +71,8 @@ pub struct RunRequest {
     pub dns: Option<DnsConfig>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// CPU time the VM may use per 100 ms, in µs (a fractional vCPU).
+    pub cpu_quota_us: Option<u64>,
 }
 
 /// The live parts of a pod; absent once stopped.
@@ -221,6 +228,7 @@ impl SandboxManager {
             backend: self.hypervisor.name().to_string(),
             vcpus: req.vcpus,
             memory_mib: req.memory_mib,
+            cpu_quota_us: req.cpu_quota_us,
             vm_pid: None,
             virtiofsd_pid: None,
             dialer: None,
@@ -296,6 +304,10 @@ impl SandboxManager {
         let vm_pid = vm.process.pid();
         let dialer = vm.dialer.clone();
         live.vm = Some(vm);
+        if let Some(quota) = record.cpu_quota_us {
+            let cgroup = VmCgroup::create(&record.id, quota, CPU_PERIOD_US)?;
+            cgroup.add(vm_pid)?;
+        }
         agent
             .setup_sandbox(setup)
             .await
@@ -361,6 +373,9 @@ impl SandboxManager {
         live.agent = None;
         if let Some(fs) = live.fs.take() {
             fs.stop().await;
+        }
+        if let Ok(cgroup) = VmCgroup::locate(&pod.id()) {
+            cgroup.remove();
         }
     }
 

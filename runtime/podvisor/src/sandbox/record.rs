@@ -35,6 +35,9 @@ pub struct SandboxRecord {
     pub backend: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// CPU time the VM may use per 100 ms, in µs (None: no quota).
+    #[serde(default)]
+    pub cpu_quota_us: Option<u64>,
     pub vm_pid: Option<u32>,
     pub virtiofsd_pid: Option<u32>,
     pub dialer: Option<AgentDialer>,

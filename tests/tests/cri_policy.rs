@@ -1,0 +1,388 @@
+//! Fargate's rules enforced by the daemon: profiles select which pods run,
+//! what Fargate cannot isolate is refused before anything is made, each pod
+//! VM is sized from its requests (memory, vCPUs, a CPU quota for a
+//! fractional vCPU), and container processes get Fargate's rlimits.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use podvisor_tests::daemon::{mounts_under, Cri, Daemon};
+use podvisor_tests::registry::{busybox_image, LocalRegistry};
+use podvisor_tests::vm::qemu_ready;
+use tonic::Code;
+
+const CONFIG: &str = r#"
+[sandbox]
+stop_grace_secs = 2
+cpu_quota = true
+
+[[policy.profiles]]
+name = "apps"
+[[policy.profiles.selectors]]
+namespace = "team-*"
+labels = { tier = "w?b" }
+
+[[policy.profiles]]
+name = "jobs"
+[[policy.profiles.selectors]]
+namespace = "batch"
+"#;
+
+fn pod(name: &str, namespace: &str, labels: &[(&str, &str)]) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn resources(millicpus: i64, memory_mib: i64) -> Option<cri::LinuxPodSandboxConfig> {
+    Some(cri::LinuxPodSandboxConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: millicpus * 100,
+            memory_limit_in_bytes: memory_mib << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+async fn run(cri: &mut Cri, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn refused(cri: &mut Cri, daemon: &Daemon, config: cri::PodSandboxConfig, rule: &str) {
+    let err = run(cri, config).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains(rule), "{rule}: {}", err.message());
+    // Refused before anything was made.
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{rule}: {pods:?}");
+    assert!(daemon.vm_processes().is_empty(), "{rule}: a VM was started");
+}
+
+async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
+    let r = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"))
+        .into_inner();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+async fn sandbox_info(cri: &mut Cri, id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
+    let r = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        r.status.unwrap(),
+        serde_json::from_str(&r.info["info"]).unwrap(),
+    )
+}
+
+/// Runs a long-lived busybox container in `pod`, returns its id.
+async fn start_container(
+    cri: &mut Cri,
+    pod_id: &str,
+    sandbox: &cri::PodSandboxConfig,
+    image: &str,
+) -> String {
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+/// MemTotal is the VM's memory less what the kernel keeps for itself (its
+/// image, page structures: a few percent).
+fn assert_vm_memory(mem_total_mib: u64, vm_mib: u64) {
+    assert!(
+        mem_total_mib <= vm_mib && mem_total_mib >= vm_mib * 94 / 100 - 16,
+        "MemTotal {mem_total_mib} MiB for a {vm_mib} MiB VM"
+    );
+}
+
+fn mem_total_mib(meminfo: &str) -> u64 {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal");
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fargate_rules_admit_size_and_limit_pods() {
+    let test = "fargate_rules_admit_size_and_limit_pods";
+    let registry_ready = podvisor_tests::prerequisite(
+        test,
+        "docker-registry",
+        LocalRegistry::available(),
+        "apt-get install docker-registry",
+    );
+    if !qemu_ready(test) || !registry_ready {
+        return;
+    }
+    let registry = LocalRegistry::start();
+    registry
+        .push("policy/busybox", "1", &busybox_image("", "/"))
+        .await;
+    let image = format!("{}/policy/busybox:1", registry.addr());
+    let (daemon, mut cri) = Daemon::start_with(CONFIG).await;
+    let mut images = podvisor_tests::daemon::connect_images(&daemon.socket)
+        .await
+        .unwrap();
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
+
+    // --- profiles ---
+    let err = run(&mut cri, pod("stray", "default", &[("tier", "web")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    for part in ["stray", "default", "apps", "jobs"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    // The namespace matches "team-*" but the label does not match "w?b".
+    let err = run(&mut cri, pod("api", "team-a", &[("tier", "api")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // --- admission: refused, nothing made ---
+    let web = |name: &str| pod(name, "team-a", &[("tier", "web")]);
+    let mut privileged = web("privileged");
+    privileged.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    refused(&mut cri, &daemon, privileged, "privileged").await;
+    let mut host_network = web("hostnet");
+    host_network.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    refused(&mut cri, &daemon, host_network, "host-network").await;
+    let mut host_port = web("hostport");
+    host_port.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 8080,
+        host_ip: String::new(),
+    }];
+    refused(&mut cri, &daemon, host_port, "host-port").await;
+    let daemonset = pod(
+        "ds",
+        "team-a",
+        &[("tier", "web"), ("pod-template-generation", "1")],
+    );
+    refused(&mut cri, &daemon, daemonset, "daemonset").await;
+    let mut too_big = web("huge");
+    too_big.linux = resources(16_000, 121 * 1024);
+    let err = run(&mut cri, too_big).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    // --- a sized pod: 1.5 vCPU and 3 GB round up to 2 vCPU / 4 GB ---
+    let mut sized = web("sized");
+    sized.linux = resources(1500, 3 * 1024);
+    let sized_id = run(&mut cri, sized.clone()).await.expect("run sized pod");
+    // --- and one with no requests: the smallest, 0.25 vCPU / 0.5 GB ---
+    let small = pod("small", "batch", &[]);
+    let small_id = run(&mut cri, small.clone()).await.expect("run small pod");
+
+    let (st, info) = sandbox_info(&mut cri, &sized_id).await;
+    assert_eq!(st.annotations["CapacityProvisioned"], "2vCPU 4GB");
+    assert_eq!(st.annotations["podvisor.io/fargate-profile"], "apps");
+    assert_eq!(info["vcpus"], 2);
+    assert_eq!(info["memoryMiB"], 4 * 1024 + 256);
+    assert!(info["cpuQuotaUs"].is_null(), "whole vCPUs need no quota");
+    let (st, info) = sandbox_info(&mut cri, &small_id).await;
+    assert_eq!(st.annotations["CapacityProvisioned"], "0.25vCPU 0.5GB");
+    assert_eq!(st.annotations["podvisor.io/fargate-profile"], "jobs");
+    assert_eq!(info["vcpus"], 1);
+    assert_eq!(info["memoryMiB"], 512 + 256);
+    assert_eq!(info["cpuQuotaUs"], 25_000);
+    // The quota is on the VM process's cgroup.
+    let vm_pid = info["vmPid"].as_u64().unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{vm_pid}/cgroup")).unwrap();
+    assert!(
+        cgroup
+            .lines()
+            .any(|l| l.contains(&format!("podvisor/{small_id}"))),
+        "VM process cgroups: {cgroup}"
+    );
+
+    // Inside the guests: memory, vCPUs, and the containers' rlimits.
+    let sized_c = start_container(&mut cri, &sized_id, &sized, &image).await;
+    let meminfo = exec(&mut cri, &sized_c, "cat /proc/meminfo").await;
+    let total = mem_total_mib(&meminfo);
+    assert_vm_memory(total, 4 * 1024 + 256);
+    let cpus = exec(&mut cri, &sized_c, "grep -c ^processor /proc/cpuinfo").await;
+    assert_eq!(cpus, "2");
+    let limits = exec(
+        &mut cri,
+        &sized_c,
+        "echo $(ulimit -n) $(ulimit -Hn) $(ulimit -u) $(ulimit -Hu)",
+    )
+    .await;
+    assert_eq!(limits, "1024 65535 1024 65535");
+
+    let small_c = start_container(&mut cri, &small_id, &small, &image).await;
+    let total = mem_total_mib(&exec(&mut cri, &small_c, "cat /proc/meminfo").await);
+    assert_vm_memory(total, 768);
+    assert_eq!(
+        exec(&mut cri, &small_c, "grep -c ^processor /proc/cpuinfo").await,
+        "1"
+    );
+
+    // Containers: a privileged one and one adding a capability Fargate
+    // does not allow are refused; the pod keeps running.
+    for (name, security) in [
+        (
+            "priv",
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "netadmin",
+            cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let err = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sized_id.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    linux: Some(cri::LinuxContainerConfig {
+                        resources: None,
+                        security_context: Some(security),
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sized.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{name}: {err}");
+    }
+    let containers = cri
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(containers.len(), 2);
+
+    for id in [&sized_id, &small_id] {
+        cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(daemon.vm_processes().is_empty());
+    assert!(mounts_under(daemon.dir.path()).is_empty());
+    for root in ["/sys/fs/cgroup/cpu/podvisor", "/sys/fs/cgroup/podvisor"] {
+        assert!(
+            !std::path::Path::new(root).join(&small_id).exists(),
+            "the VM's cgroup outlived its pod"
+        );
+    }
+}
