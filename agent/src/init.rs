@@ -122,7 +122,23 @@ pub fn switch_to_tmpfs_root() -> Result<()> {
 }
 
 /// Prepares the guest as its PID 1. Runs before any thread is started.
+/// The agent's own RLIMIT_NOFILE and RLIMIT_NPROC: the kernel gives PID 1
+/// 1024/4096 open files, too few for a pod with many containers and
+/// streams, and below the hard limit (65535) its containers get. Processes
+/// the agent starts get their spec's limits, never these.
+const AGENT_RLIMIT: u64 = 65535;
+
+fn set_own_limits() {
+    use nix::sys::resource::{setrlimit, Resource};
+    for resource in [Resource::RLIMIT_NOFILE, Resource::RLIMIT_NPROC] {
+        if let Err(e) = setrlimit(resource, AGENT_RLIMIT, AGENT_RLIMIT) {
+            eprintln!("podvisor-agent: setting {resource:?} to {AGENT_RLIMIT}: {e}");
+        }
+    }
+}
+
 pub fn setup_guest() -> Result<()> {
+    set_own_limits();
     switch_to_tmpfs_root()?;
     for m in GUEST_MOUNTS {
         fs::create_dir_all(m.target)

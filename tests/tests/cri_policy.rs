@@ -302,6 +302,22 @@ async fn fargate_rules_admit_size_and_limit_pods() {
     )
     .await;
     assert_eq!(limits, "1024 65535 1024 65535");
+    // The container's own init has them too, not only execs.
+    let init = exec(
+        &mut cri,
+        &sized_c,
+        "grep -E '^Max (open files|processes)' /proc/1/limits",
+    )
+    .await;
+    for line in init.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            fields[fields.len() - 3..fields.len() - 1],
+            ["1024", "65535"],
+            "{line}"
+        );
+    }
+    assert_eq!(init.lines().count(), 2, "{init}");
 
     let small_c = start_container(&mut cri, &small_id, &small, &image).await;
     let total = mem_total_mib(&exec(&mut cri, &small_c, "cat /proc/meminfo").await);

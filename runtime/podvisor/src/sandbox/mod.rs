@@ -201,19 +201,6 @@ impl SandboxManager {
     /// Boots the pod's VM and sets it up. On failure nothing is left.
     pub async fn run(&self, req: RunRequest) -> Result<String> {
         let m = &req.metadata;
-        if let Some(existing) = self
-            .list()
-            .into_iter()
-            .find(|p| p.lock_record().metadata == *m)
-        {
-            return Err(SandboxError::AlreadyExists {
-                name: m.name.clone(),
-                namespace: m.namespace.clone(),
-                uid: m.uid.clone(),
-                attempt: m.attempt,
-                id: existing.id(),
-            });
-        }
         let id = new_id()?;
         // Sockets live under a short run directory: unix socket paths are
         // limited to 107 bytes.
@@ -242,7 +229,21 @@ impl SandboxManager {
             live: tokio::sync::Mutex::new(Live::default()),
             stopping: AtomicBool::new(false),
         });
-        self.pods().insert(id.clone(), pod.clone());
+        {
+            // Checked and claimed under one lock: two concurrent requests
+            // for the same pod cannot both boot a VM.
+            let mut pods = self.pods();
+            if let Some(existing) = pods.values().find(|p| p.lock_record().metadata == *m) {
+                return Err(SandboxError::AlreadyExists {
+                    name: m.name.clone(),
+                    namespace: m.namespace.clone(),
+                    uid: m.uid.clone(),
+                    attempt: m.attempt,
+                    id: existing.id(),
+                });
+            }
+            pods.insert(id.clone(), pod.clone());
+        }
         match self.boot(&pod, &req).await {
             Ok(()) => {
                 tracing::info!(%id, pod = %m.name, namespace = %m.namespace, "pod sandbox ready");
