@@ -110,7 +110,7 @@ cleanup() {
     # with the containers they started (their children).
     local d c pids=()
     for d in /proc/[0-9]*; do
-        c=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+        c=$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null) || continue
         case $c in *"$work/"*) pids+=("${d#/proc/}") ;; esac
     done
     for pid in "${pids[@]}"; do

@@ -104,7 +104,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     warmup: usize,
 
-    /// Seconds to wait after the pods are up before measuring memory.
+    /// Seconds to let the host settle before each memory reading (after the
+    /// warm-up, with the pods up, after their removal).
     #[arg(long, default_value_t = 1.0)]
     settle_secs: f64,
 
@@ -1003,6 +1004,14 @@ fn ops_for(settings: &Settings) -> Vec<Op> {
         .collect()
 }
 
+fn unimplemented_hint(error: &str) -> &'static str {
+    if error.contains("Unimplemented") {
+        " (a runtime without containers or images yet: --sandbox-only measures its pods)"
+    } else {
+        ""
+    }
+}
+
 async fn bench_endpoint(endpoint: &EndpointSpec, settings: &Settings) -> EndpointResult {
     let mut result = EndpointResult {
         pods_requested: settings.pods,
@@ -1059,13 +1068,15 @@ async fn bench_endpoint(endpoint: &EndpointSpec, settings: &Settings) -> Endpoin
                         result.image_pull_ms = Some(ms);
                     }
                     Err(e) => {
-                        result.fatal = Some(format!("PullImage {image}: {e}"));
+                        let hint = unimplemented_hint(&e);
+                        result.fatal = Some(format!("PullImage {image}: {e}{hint}"));
                         return result;
                     }
                 }
             }
             Err(e) => {
-                result.fatal = Some(format!("ImageStatus {image}: {e}"));
+                let hint = unimplemented_hint(&e);
+                result.fatal = Some(format!("ImageStatus {image}: {e}{hint}"));
                 return result;
             }
         }
@@ -1103,12 +1114,10 @@ async fn bench_endpoint(endpoint: &EndpointSpec, settings: &Settings) -> Endpoin
         let pod = pod_down(ctx.clone(), pod).await;
         if !pod.errors.is_empty() {
             let errors = pod.errors.join("; ");
-            let hint = if errors.contains("Unimplemented") && !settings.sandbox_only {
-                " (a runtime without containers yet: --sandbox-only measures its pods)"
-            } else {
-                ""
-            };
-            result.fatal = Some(format!("warm-up pod failed: {errors}{hint}"));
+            result.fatal = Some(format!(
+                "warm-up pod failed: {errors}{}",
+                unimplemented_hint(&errors)
+            ));
             return result;
         }
         eprintln!("[{}] warm-up pod {} done", endpoint.name, i + 1);
@@ -1308,7 +1317,7 @@ fn print_text(
             ""
         }
     );
-    if let Some(image) = &settings.image {
+    if let (Some(image), false) = (&settings.image, settings.sandbox_only) {
         println!(
             "image {image}, command {:?}, exec {:?}",
             settings.command.join(" "),
