@@ -28,18 +28,12 @@ pub fn daemon_binary() -> PathBuf {
     bin
 }
 
-pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
-    Ok(RuntimeServiceClient::new(channel(socket).await?))
-}
-
-/// CRI's ImageService on the same socket.
-pub async fn connect_images(socket: &Path) -> Result<Images, tonic::transport::Error> {
-    Ok(ImageServiceClient::new(channel(socket).await?))
-}
-
-async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+/// A gRPC channel to a CRI server on a unix socket (any runtime's: podvisor,
+/// containerd, CRI-O). Both RuntimeService and ImageService clients can be
+/// built on it.
+pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://podvisor")
+    Endpoint::from_static("http://podvisor")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move {
@@ -47,8 +41,16 @@ async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
-        .await?;
-    Ok(channel)
+        .await
+}
+
+pub async fn connect(socket: &Path) -> Result<Cri, tonic::transport::Error> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// CRI's ImageService on the same socket.
+pub async fn connect_images(socket: &Path) -> Result<Images, tonic::transport::Error> {
+    Ok(ImageServiceClient::new(channel(socket).await?))
 }
 
 /// A daemon with its own socket, state and run directories.

@@ -55,15 +55,23 @@ impl LocalRegistry {
 
     /// Starts a registry and waits until it answers `/v2/`.
     pub fn start() -> LocalRegistry {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
     }
 
     /// A registry that wants HTTP basic auth as TEST_USER / TEST_PASSWORD.
     pub fn start_with_basic_auth() -> LocalRegistry {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(basic_auth: bool) -> LocalRegistry {
+    /// A registry on `addr` (`127.0.0.1:PORT`), for a caller that had to
+    /// name the address before the registry could start (a runtime's
+    /// configuration); port 0 picks a free one, as `start` does.
+    pub fn start_at(addr: &str) -> LocalRegistry {
+        let fixed = addr.strip_suffix(":0").is_none().then_some(addr);
+        Self::start_inner(false, fixed)
+    }
+
+    fn start_inner(basic_auth: bool, fixed: Option<&str>) -> LocalRegistry {
         assert!(
             Self::available(),
             "{DOCKER_REGISTRY} is missing: install Debian's docker-registry"
@@ -74,13 +82,19 @@ impl LocalRegistry {
             .unwrap();
         // The port is free when we look; if someone takes it before the
         // registry binds, the registry exits and we try another.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = format!("127.0.0.1:{port}");
+        let attempts = if fixed.is_some() { 1 } else { 5 };
+        for _ in 0..attempts {
+            let addr = match fixed {
+                Some(addr) => addr.to_string(),
+                None => {
+                    let port = TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port();
+                    format!("127.0.0.1:{port}")
+                }
+            };
             let config = dir.path().join("config.yml");
             let mut yaml = format!(
                 "version: 0.1\n\
@@ -120,7 +134,10 @@ impl LocalRegistry {
             let _ = registry.child.wait();
             dir = std::mem::replace(&mut registry.dir, tempfile::tempdir().unwrap());
         }
-        panic!("docker-registry did not start");
+        match fixed {
+            Some(addr) => panic!("docker-registry did not start on {addr} (is the port taken?)"),
+            None => panic!("docker-registry did not start"),
+        }
     }
 
     fn wait_ready(&mut self) -> bool {
