@@ -2,7 +2,7 @@
 # bench-cri.sh: podvisor-bench against containerd + runc and, when there is
 # one, a podvisor endpoint, in one run; ratios are against containerd.
 #
-#   scripts/bench-cri.sh [--podvisor unix:///run/podvisor/podvisor.sock | none] [-- BENCH ARGS...]
+#   scripts/bench-cri.sh [--podvisor start | unix:///PATH.sock | none] [-- BENCH ARGS...]
 #
 # As root on Debian 12. It installs what it needs (scripts/bench-apt-packages.txt),
 # builds podvisor-bench, starts containerd with a configuration of its own
@@ -11,9 +11,11 @@
 # 127.0.0.1) that serves busybox and the sandbox image to both runtimes, and
 # removes everything it started or created, on failure and Ctrl-C too.
 #
-# The podvisor endpoint: --podvisor, else $PODVISOR_ENDPOINT, else
-# unix:///run/podvisor/podvisor.sock when that socket exists; "none" skips it.
-# Start the podvisor daemon yourself first (see docs/bench.md).
+# The podvisor endpoint: --podvisor, else $PODVISOR_ENDPOINT, else "start":
+# the script builds podvisor and starts a daemon of its own (default config,
+# its own socket, state and run directories, stopped at the end) with the
+# guest image scripts/build-guest.sh installed. A unix:// endpoint uses a
+# daemon you started; "none" skips podvisor.
 #
 # Environment: CARGO_TARGET_DIR (where cargo builds), BENCH_PROFILE (debug,
 # the default, or release), BENCH_SUBNET (the containerd pods' subnet,
@@ -35,9 +37,7 @@ while [ $# -gt 0 ]; do
     *) echo "bench-cri.sh: unknown argument $1 (bench arguments go after --)" >&2; exit 2 ;;
     esac
 done
-if [ -z "$podvisor" ] && [ -S /run/podvisor/podvisor.sock ]; then
-    podvisor=unix:///run/podvisor/podvisor.sock
-fi
+[ -z "$podvisor" ] && podvisor=start
 [ "$podvisor" = none ] && podvisor=
 
 if [ "$(id -u)" != 0 ]; then
@@ -63,14 +63,17 @@ profile=${BENCH_PROFILE:-debug}
 cargo_flags=(-p podvisor-tests --bin podvisor-bench)
 [ "$profile" = release ] && cargo_flags+=(--release)
 echo "==> cargo build ${cargo_flags[*]}"
+[ "$podvisor" = start ] && cargo_flags+=(-p podvisor --bin podvisor)
 cargo build -q "${cargo_flags[@]}"
 bench="${CARGO_TARGET_DIR:-$repo/target}/$profile/podvisor-bench"
+podvisor_bin="${CARGO_TARGET_DIR:-$repo/target}/$profile/podvisor"
 
 # --- containerd's configuration ---------------------------------------------
 work=$(mktemp -d /tmp/podvisor-bench.XXXXXX)
 sock="$work/containerd.sock"
 subnet=${BENCH_SUBNET:-10.213.0.0/24}
 reaper_pid=
+podvisor_pid=
 
 # A free port for the registry: containerd's config names it before the
 # bench starts the registry there.
@@ -105,6 +108,17 @@ cleanup() {
         for _ in $(seq 100); do kill -0 "$reaper_pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$reaper_pid" 2>/dev/null
         wait "$reaper_pid" 2>/dev/null
+    fi
+    if [ -n "$podvisor_pid" ]; then
+        [ -S "$work/podvisor.sock" ] && "$bench" --cleanup --endpoint "podvisor=unix://$work/podvisor.sock" --op-timeout-secs 60
+        kill -TERM "$podvisor_pid" 2>/dev/null
+        for _ in $(seq 100); do kill -0 "$podvisor_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$podvisor_pid" 2>/dev/null
+        wait "$podvisor_pid" 2>/dev/null
+        # VMs and virtiofsd a failed run left (their command lines name the
+        # daemon's run directory).
+        pkill -KILL -f "$podvisor_run/" 2>/dev/null
+        rm -rf "$podvisor_run"
     fi
     # Shims that outlived containerd (their command line names its socket),
     # with the containers they started (their children).
@@ -217,6 +231,26 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 [ -S "$sock" ] || { echo "bench-cri.sh: containerd did not create $sock" >&2; exit 1; }
+
+# --- podvisor ---------------------------------------------------------------
+podvisor_run="/run/pvb-$port"
+if [ "$podvisor" = start ]; then
+    printf 'socket = "%s"\nstate_dir = "%s"\nrun_dir = "%s"\n' \
+        "$work/podvisor.sock" "$work/podvisor-state" "$podvisor_run" >"$work/podvisor.toml"
+    echo "==> podvisor (default config, own directories) on unix://$work/podvisor.sock"
+    setsid "$podvisor_bin" --config "$work/podvisor.toml" >"$work/podvisor.log" 2>&1 &
+    podvisor_pid=$!
+    for _ in $(seq 300); do
+        [ -S "$work/podvisor.sock" ] && break
+        if ! kill -0 "$podvisor_pid" 2>/dev/null; then
+            echo "bench-cri.sh: podvisor exited; its log:" >&2
+            tail -n 30 "$work/podvisor.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    podvisor="unix://$work/podvisor.sock"
+fi
 
 # --- the bench --------------------------------------------------------------
 endpoints=(--endpoint "containerd=unix://$sock")

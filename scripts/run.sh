@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what Podvisor needs and runs its main job in the foreground.
-# Until the CRI daemon lands this is podvisor-agent in host mode, serving the
-# agent API on /run/podvisor/agent.sock. Run as root.
+# Installs what Podvisor needs and runs its main job in the foreground: the
+# podvisor CRI daemon with the default configuration (or
+# /etc/podvisor/config.toml when present), serving CRI v1 on
+# /run/podvisor/podvisor.sock. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build-guest.sh
-cargo build --release --locked -p podvisor-agent
-exec target/release/podvisor-agent --listen unix:/run/podvisor/agent.sock --state-dir /run/podvisor/agent
+# podvisor-vmm is the kvm backend; podvisor looks for it next to itself.
+cargo build --release --locked -p podvisor -p podvisor-vmm
+exec target/release/podvisor "$@"

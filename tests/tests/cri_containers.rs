@@ -412,6 +412,67 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
 
+    let pod_stats = cri
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let web_stats = pod_stats
+        .iter()
+        .find(|s| s.attributes.as_ref().unwrap().id == pod_a)
+        .expect("stats of the web pod");
+    let linux = web_stats.linux.as_ref().unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    assert!(
+        linux
+            .memory
+            .as_ref()
+            .unwrap()
+            .working_set_bytes
+            .as_ref()
+            .unwrap()
+            .value
+            > 0
+    );
+
+    // UpdateContainerResources reaches the container's cgroup in the guest.
+    cri.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: app_id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    let limit = exec(&mut cri, &app_id, &["cat", "/sys/fs/cgroup/memory.max"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&limit.stdout).trim(),
+        (96u64 << 20).to_string()
+    );
+
+    // ReopenContainerLog: kubelet moved the file away; a new one starts.
+    let rotated = app_log.with_extension("log.1");
+    std::fs::rename(&app_log, &rotated).unwrap();
+    cri.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: app_id.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    wait_for("ticks in the reopened log", Duration::from_secs(30), || {
+        let log = log_text(&app_log);
+        async move { !ticks(&log).is_empty() }
+    })
+    .await;
+    let rotated_ticks = ticks(&log_text(&rotated));
+    let new_ticks = ticks(&log_text(&app_log));
+    assert!(
+        new_ticks[0] > *rotated_ticks.last().unwrap(),
+        "the new file continues the old"
+    );
+
     // --- SIGKILL the daemon; the next one picks the pods up ---
     daemon.kill();
     let before = ticks(&log_text(&app_log)).last().copied().unwrap_or(0);
@@ -431,7 +492,8 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
     )
     .await;
     // Output written while no daemon ran is not lost.
-    let seen = ticks(&log_text(&app_log));
+    let mut seen = ticks(&log_text(&rotated));
+    seen.extend(ticks(&log_text(&app_log)));
     let last = *seen.last().unwrap();
     for n in 0..=last {
         assert!(seen.contains(&n), "tick {n} is missing from the log");

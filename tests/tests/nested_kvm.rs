@@ -16,6 +16,43 @@ use podvisor_tests::nested::{self, L1Image, L1Options, RunOutput, L1};
 use podvisor_tests::prerequisite;
 
 const KVM_SMOKE: &str = env!("CARGO_BIN_EXE_kvm-smoke");
+const BENCH: &str = env!("CARGO_BIN_EXE_podvisor-bench");
+
+/// The daemon's CRI flow with `backend = "kvm"`, inside L1: podvisor-bench
+/// as the CRI client (a local registry on L1's loopback, pull, runp,
+/// create, start, exec, stop, remove, stopp, rmp), then the daemon's log
+/// must show it used the kvm backend, and no podvisor-vmm may be left.
+fn cri_flow_script(podvisor: &Path) -> String {
+    format!(
+        r#"set -u
+d=/tmp/podvisor-cri
+mkdir -p $d
+printf 'socket = "%s"\nstate_dir = "%s"\nrun_dir = "/run/pvk"\n\n[hypervisor]\nbackend = "kvm"\nboot_timeout_secs = 180\n\n[sandbox]\nstop_grace_secs = 2\n' \
+    "$d/cri.sock" "$d/state" > $d/config.toml
+{podvisor} --config $d/config.toml > $d/daemon.log 2>&1 &
+daemon=$!
+i=0
+while [ ! -S $d/cri.sock ]; do
+    i=$((i+1))
+    if [ $i -gt 600 ] || ! kill -0 $daemon 2>/dev/null; then
+        echo "podvisor did not start:" >&2; cat $d/daemon.log >&2; exit 90
+    fi
+    sleep 0.1
+done
+status=0
+{bench} --endpoint podvisor=unix://$d/cri.sock --local-registry 127.0.0.1:5000 \
+    --pods 1 --warmup 0 --settle-secs 0 --op-timeout-secs 240 || status=$?
+kill -TERM $daemon; wait $daemon
+grep -q 'backend="kvm"' $d/daemon.log || {{ echo "the daemon did not use the kvm backend" >&2; status=91; }}
+tail -n 40 $d/daemon.log >&2
+left=$(ps -eo args | grep -c '[p]odvisor-vmm') || true
+[ "$left" = 0 ] || {{ echo "$left podvisor-vmm processes left" >&2; status=92; }}
+exit $status
+"#,
+        podvisor = nested::shell_quote(&podvisor.to_string_lossy()),
+        bench = nested::shell_quote(BENCH),
+    )
+}
 
 #[test]
 fn host_kvm_probe_declines_a_pvm_only_kvm() {
@@ -213,6 +250,24 @@ fn kvm_backend_boots_the_guest_under_nested_kvm() {
             }
             Err(e) => failures.push(format!("{what}: {e}")),
         }
+    }
+    // The daemon itself, kvm backend, CRI end to end.
+    let podvisor = Path::new(KVM_SMOKE).with_file_name("podvisor");
+    if let Some(vm) = l1.as_mut() {
+        match vm.run_script(&cri_flow_script(&podvisor), Duration::from_secs(600)) {
+            Ok(out) => {
+                timings.push(format!(
+                    "CRI flow (kvm backend) {:.1} s",
+                    out.duration.as_secs_f64()
+                ));
+                if !out.success() || !out.stderr.contains("[podvisor] pods removed") {
+                    failures.push(describe("CRI flow with backend = kvm", &out));
+                }
+            }
+            Err(e) => failures.push(format!("CRI flow with backend = kvm: {e}")),
+        }
+    } else {
+        failures.push("CRI flow with backend = kvm: no L1 left to run it in".into());
     }
     if let Some(vm) = l1.take() {
         match vm.shutdown() {
