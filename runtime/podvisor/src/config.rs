@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
+use crate::network::NetworkConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -27,6 +28,7 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub virtiofsd: VirtiofsdConfig,
     pub sandbox: SandboxDefaults,
+    pub network: NetworkConfig,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             hypervisor: HypervisorConfig::default(),
             virtiofsd: VirtiofsdConfig::default(),
             sandbox: SandboxDefaults::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
