@@ -10,6 +10,7 @@ mod container;
 mod error;
 mod info;
 mod init;
+mod network;
 mod output;
 mod reaper;
 mod sandbox;
