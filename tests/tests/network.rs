@@ -136,6 +136,13 @@ fn attach_detach_rollback_and_orphan_cleanup_leave_nothing() {
             addr.contains("inet 10.201.0.1/32"),
             "the gateway on the tap: {addr}"
         );
+        // Both VMMs can attach: podvisor-vmm asks for a vnet header (qemu
+        // with vhost=off may too), which a persistent tap takes per attach.
+        attach_like_a_vmm(&a.tap).expect("TUNSETIFF with IFF_VNET_HDR on the pod tap");
+        assert!(
+            run("ip", &["-o", "link", "show", &a.tap]).contains("mtu 9001"),
+            "still there"
+        );
         let routes = run("ip", &["-4", "route"]);
         assert!(
             routes.contains(&format!("10.201.0.2 dev {} ", a.tap)),
@@ -422,6 +429,26 @@ async fn start_background(vm: &mut TestVm, id: &str, script: &str) {
         })
         .await
         .expect("start server");
+}
+
+/// Opens the tap as podvisor-vmm does (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+/// and closes it again.
+fn attach_like_a_vmm(tap: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const FLAGS: libc::c_short = 0x0002 | 0x1000 | 0x4000;
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut request = [0u8; 40];
+    request[..tap.len()].copy_from_slice(tap.as_bytes());
+    request[16..18].copy_from_slice(&FLAGS.to_ne_bytes());
+    // SAFETY: TUNSETIFF on a 40-byte struct ifreq.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The output of `out` from the `== name` marker to the next marker
