@@ -14,9 +14,10 @@ fi
 # rootfs), and the guest image build (guest-image/apt-packages.txt).
 # protobuf-compiler: the k8s-cri crate compiles the CRI protos with protoc.
 # qemu-system-x86 runs pods on the qemu backend; libcap-ng-dev is for building
-# virtiofsd (Debian 12 does not package it).
+# virtiofsd (Debian 12 does not package it). nftables: the daemon's per-pod
+# firewall rules (metadata block, masquerade) go through the nft CLI.
 packages=(build-essential pkg-config protobuf-compiler libseccomp-dev libcap-ng-dev busybox-static
-          iproute2 procps qemu-system-x86)
+          iproute2 procps qemu-system-x86 nftables)
 # Lists kept next to what needs them: the guest build, test fixtures (a
 # local registry, the nested-KVM harness).
 for list in guest-image/apt-packages.txt tests/*apt-packages.txt; do

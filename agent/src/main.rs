@@ -11,6 +11,7 @@ mod container;
 mod error;
 mod info;
 mod init;
+mod network;
 mod output;
 mod reaper;
 mod sandbox;

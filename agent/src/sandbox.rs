@@ -1,4 +1,5 @@
-//! Pod-wide setup: hostname, DNS, /etc/hosts, sysctls, shared mounts.
+//! Pod-wide setup: hostname, DNS, /etc/hosts, sysctls, the pod's network
+//! interface and routes (see `network`), shared mounts.
 //!
 //! The files are written under the agent's state directory and bind-mounted
 //! into every container (see `container::spec`). In guest mode the agent also
@@ -56,10 +57,8 @@ pub fn setup(req: &SetupSandboxRequest, state_dir: &Path, mode: Mode) -> Result<
         apply_sysctl(key, value)?;
     }
     if !req.interfaces.is_empty() || !req.routes.is_empty() {
-        // Interface and route configuration lands with pod networking.
-        return Err(AgentError::FailedPrecondition(
-            "this agent does not configure interfaces or routes yet".into(),
-        ));
+        // Before the mounts: an NFS share needs the pod's network.
+        crate::network::configure(&req.interfaces, &req.routes)?;
     }
     for m in &req.mounts {
         mount_shared(m)?;
@@ -260,6 +259,22 @@ mod tests {
             options: vec![],
         };
         assert!(render_resolv_conf(&bad).is_err());
+    }
+
+    #[test]
+    fn host_mode_refuses_interfaces_and_routes() {
+        // Host test mode shares the host's network: never reconfigure it.
+        let dir = std::env::temp_dir().join(format!("pv-agent-sandbox-{}", std::process::id()));
+        let req = SetupSandboxRequest {
+            interfaces: vec![podvisor_proto::Interface {
+                name: "eth0".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = setup(&req, &dir, Mode::Host).unwrap_err();
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
 use crate::policy::PolicyConfig;
+use crate::network::NetworkConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -33,6 +34,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Fargate profiles and container rlimits (admission rules are fixed).
     pub policy: PolicyConfig,
+    pub network: NetworkConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             sandbox: SandboxDefaults::default(),
             registry: RegistryConfig::default(),
             policy: PolicyConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod cri;
 pub mod hypervisor;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod persist;
 pub mod policy;
 pub mod sandbox;
