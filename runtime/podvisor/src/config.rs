@@ -11,8 +11,8 @@ use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
-use crate::policy::PolicyConfig;
 use crate::network::NetworkConfig;
+use crate::policy::PolicyConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
