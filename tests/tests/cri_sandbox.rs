@@ -279,7 +279,7 @@ async fn full_subnet(test: &str) {
     // Refused without leftovers: one pod, one tap, one VM.
     assert_eq!(
         list(&mut cri, cri::PodSandboxFilter::default()).await,
-        [first.clone()]
+        std::slice::from_ref(&first)
     );
     assert_eq!(tap_count(), 1);
     assert_eq!(
