@@ -385,7 +385,9 @@ impl SandboxManager {
     async fn teardown(&self, pod: &Pod) {
         pod.stopping.store(true, Ordering::SeqCst);
         let grace = Duration::from_secs(self.config.sandbox.stop_grace_secs);
+        let started = std::time::Instant::now();
         let mut live = pod.live.lock().await;
+        let had_vm = live.vm.is_some();
         if let Some(vm) = live.vm.take() {
             match live.agent.take() {
                 Some(mut agent) => {
@@ -396,9 +398,14 @@ impl SandboxManager {
                 }
             }
         }
+        let vm_ms = started.elapsed().as_millis();
         live.agent = None;
         if let Some(fs) = live.fs.take() {
             fs.stop().await;
+        }
+        if had_vm {
+            let total_ms = started.elapsed().as_millis();
+            tracing::info!(id = %pod.id(), vm_ms, total_ms, "pod VM stopped");
         }
         if let Ok(cgroup) = VmCgroup::locate(&pod.id()) {
             cgroup.remove();
