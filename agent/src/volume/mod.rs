@@ -47,6 +47,23 @@ impl Volumes {
     }
 }
 
+/// The kernel's NFSv4 client identifier of this VM. By default it is
+/// built from the hostname, and two pods with the same hostname (same
+/// name, other namespaces) would look like one client to the server and
+/// take each other's leases and locks; the VM's boot id is unique. Best
+/// effort: a kernel without the file keeps its default.
+pub fn set_nfs_client_identifier() {
+    const IDENTIFIER: &str = "/sys/fs/nfs/net/nfs_client/identifier";
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot_id = boot_id.trim();
+    if boot_id.is_empty() || !Path::new(IDENTIFIER).exists() {
+        return;
+    }
+    if let Err(e) = std::fs::write(IDENTIFIER, boot_id) {
+        tracing::warn!(%e, "setting the NFS client identifier");
+    }
+}
+
 /// A validated volume request.
 struct Volume<'a> {
     request: &'a SharedMount,
