@@ -17,6 +17,7 @@ pub fn running_as_root(test: &str) -> bool {
 pub mod cpio;
 pub mod daemon;
 pub mod nested;
+pub mod netns;
 pub mod nfs;
 pub mod vm;
 

@@ -24,6 +24,11 @@ fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         hostname: name.into(),
         log_directory: log_dir.join(name).to_string_lossy().into_owned(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![format!("{name}.svc.cluster.local")],
+            options: vec!["ndots:5".into()],
+        }),
         ..Default::default()
     }
 }
@@ -137,8 +142,15 @@ fn ticks(log: &str) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_run_containers_from_a_registry_image_end_to_end() {
+#[test]
+fn pods_run_containers_from_a_registry_image_end_to_end() {
+    podvisor_tests::netns::isolated(
+        "pods_run_containers_from_a_registry_image_end_to_end",
+        pods_run_containers_from_a_registry_image_end_to_end_in_netns(),
+    );
+}
+
+async fn pods_run_containers_from_a_registry_image_end_to_end_in_netns() {
     let test = "pods_run_containers_from_a_registry_image_end_to_end";
     let registry_ready = podvisor_tests::prerequisite(
         test,
@@ -347,6 +359,104 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
     assert!(log.contains(" stdout F hello-stdout\n"), "{log}");
     assert!(log.contains(" stderr F hello-stderr\n"), "{log}");
 
+    // --- the pod network: each pod its own address, routed, no metadata ---
+    let ip_a = pod_ip(&mut cri, &pod_a).await;
+    let ip_b = pod_ip(&mut cri, &pod_b).await;
+    assert_ne!(ip_a, ip_b);
+    let resolv = exec(&mut cri, &app_id, &["cat", "/etc/resolv.conf"]).await;
+    let resolv = String::from_utf8_lossy(&resolv.stdout).into_owned();
+    for want in [
+        "nameserver 10.96.0.10",
+        "search web.svc.cluster.local",
+        "options ndots:5",
+    ] {
+        assert!(
+            resolv.contains(want),
+            "{want:?} missing from /etc/resolv.conf:\n{resolv}"
+        );
+    }
+    let addr = exec(&mut cri, &app_id, &["ip", "-4", "addr", "show"]).await;
+    assert!(
+        String::from_utf8_lossy(&addr.stdout).contains(&format!("inet {ip_a}/32")),
+        "{}",
+        String::from_utf8_lossy(&addr.stdout)
+    );
+    let server = create(
+        &mut cri,
+        &pod_b,
+        &sandbox_b,
+        container_config(
+            "server",
+            &image,
+            "mkdir -p /www && echo hello-from-batch > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ),
+    )
+    .await
+    .expect("CreateContainer server");
+    cri.start_container(cri::StartContainerRequest {
+        container_id: server.clone(),
+    })
+    .await
+    .unwrap();
+    // Pod to pod, pod to host (the gateway address is the host's side).
+    let ping = exec(&mut cri, &app_id, &["ping", "-c", "1", "-W", "5", &ip_b]).await;
+    assert_eq!(
+        ping.exit_code,
+        0,
+        "ping {ip_b}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let ping = exec(
+        &mut cri,
+        &app_id,
+        &["ping", "-c", "1", "-W", "5", "10.88.0.1"],
+    )
+    .await;
+    assert_eq!(ping.exit_code, 0, "ping the host side");
+    // TCP to the other pod, from a pod and from the host.
+    let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip_b} 8080");
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = String::from_utf8_lossy(&exec(&mut cri, &app_id, &["sh", "-c", &get]).await.stdout)
+            .into_owned();
+        if page.contains("hello-from-batch") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        page.contains("hello-from-batch"),
+        "pod A got {page:?} from pod B"
+    );
+    let from_host = http_get(&format!("{ip_b}:8080")).await;
+    assert!(
+        from_host.contains("hello-from-batch"),
+        "the host got {from_host:?}"
+    );
+    // The instance metadata address answers on the host, never to a pod.
+    let metadata = metadata_listener();
+    let blocked = exec(
+        &mut cri,
+        &app_id,
+        &[
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80",
+        ],
+    )
+    .await;
+    assert_ne!(
+        blocked.exit_code,
+        0,
+        "a pod reached 169.254.169.254: {:?}",
+        String::from_utf8_lossy(&blocked.stdout)
+    );
+    assert!(
+        http_get("169.254.169.254:80").await.contains("metadata"),
+        "the host's own metadata listener"
+    );
+    drop(metadata);
+
     // --- a container that ends by itself, in the second pod ---
     let job_id = create(
         &mut cri,
@@ -387,7 +497,11 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
         .unwrap()
         .into_inner()
         .containers;
-    assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&app_id]);
+    // Running: app and server; job has exited.
+    assert_eq!(
+        listed.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        [&app_id, &server]
+    );
     let in_use = images
         .remove_image(cri::RemoveImageRequest {
             image: Some(cri::ImageSpec {
@@ -450,7 +564,9 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
     let limit = exec(&mut cri, &app_id, &["cat", "/sys/fs/cgroup/memory.max"]).await;
     assert_eq!(
         String::from_utf8_lossy(&limit.stdout).trim(),
-        (96u64 << 20).to_string()
+        (96u64 << 20).to_string(),
+        "{}",
+        String::from_utf8_lossy(&limit.stderr)
     );
 
     // ReopenContainerLog: kubelet moved the file away; a new one starts.
@@ -562,7 +678,7 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
     // SIGKILL ends it.
     assert_eq!(st.exit_code, 137, "{st:?}");
     assert!(started.elapsed() >= Duration::from_secs(2));
-    for id in [&app_id, &job_id] {
+    for id in [&app_id, &job_id, &server] {
         cri.remove_container(cri::RemoveContainerRequest {
             container_id: id.to_string(),
         })
@@ -616,11 +732,74 @@ async fn pods_run_containers_from_a_registry_image_end_to_end() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
     assert!(!alive(vm_pid as u32));
+    // Nothing of the pods' network is left.
+    let links = command_output("ip", &["-o", "link"]);
+    assert!(!links.contains("pvtap"), "{links}");
+    let routes = command_output("ip", &["route"]);
+    assert!(
+        !routes.contains(&ip_a) && !routes.contains(&ip_b),
+        "{routes}"
+    );
+    let ruleset = command_output("nft", &["list", "ruleset"]);
+    assert!(!ruleset.contains("chain pod_"), "{ruleset}");
     assert_eq!(std::fs::read_to_string(&config_file).unwrap(), "mode=two\n");
     assert!(
         volume.path().join("greeting").exists(),
         "the host volume survived"
     );
+}
+
+async fn pod_ip(cri: &mut Cri, id: &str) -> String {
+    let ip = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(ip.starts_with("10.88."), "pod {id} has address {ip:?}");
+    ip
+}
+
+/// An HTTP/1.0 GET from the test's side of the network namespace.
+async fn http_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(addr);
+    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+        return String::new();
+    };
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// 169.254.169.254:80 on the host side of the test's namespace, answering
+/// "metadata" to whoever gets through.
+fn metadata_listener() -> std::thread::JoinHandle<()> {
+    let status = std::process::Command::new("ip")
+        .args(["addr", "add", "169.254.169.254/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let listener = std::net::TcpListener::bind("169.254.169.254:80").unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut conn in listener.incoming().flatten().take(1) {
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nmetadata\n");
+        }
+    })
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn host_release() -> String {

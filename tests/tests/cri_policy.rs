@@ -170,8 +170,15 @@ fn mem_total_mib(meminfo: &str) -> u64 {
     kib / 1024
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fargate_rules_admit_size_and_limit_pods() {
+#[test]
+fn fargate_rules_admit_size_and_limit_pods() {
+    podvisor_tests::netns::isolated(
+        "fargate_rules_admit_size_and_limit_pods",
+        fargate_rules_admit_size_and_limit_pods_in_netns(),
+    );
+}
+
+async fn fargate_rules_admit_size_and_limit_pods_in_netns() {
     let test = "fargate_rules_admit_size_and_limit_pods";
     let registry_ready = podvisor_tests::prerequisite(
         test,

@@ -60,8 +60,15 @@ async fn list(cri: &mut Cri, filter: cri::PodSandboxFilter) -> Vec<String> {
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_sandboxes_are_vms_that_survive_a_daemon_restart() {
+#[test]
+fn pod_sandboxes_are_vms_that_survive_a_daemon_restart() {
+    podvisor_tests::netns::isolated(
+        "pod_sandboxes_are_vms_that_survive_a_daemon_restart",
+        pod_sandboxes_are_vms_that_survive_a_daemon_restart_in_netns(),
+    );
+}
+
+async fn pod_sandboxes_are_vms_that_survive_a_daemon_restart_in_netns() {
     let test = "pod_sandboxes_are_vms_that_survive_a_daemon_restart";
     if !qemu_ready(test) {
         return;
@@ -233,4 +240,92 @@ async fn pod_sandboxes_are_vms_that_survive_a_daemon_restart() {
         0,
         "no VM directories left"
     );
+}
+
+fn tap_count() -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("pvtap")
+        .count()
+}
+
+async fn pod_ip(cri: &mut Cri, id: &str) -> String {
+    status(cri, id).await.0.network.unwrap().ip
+}
+
+#[test]
+fn a_full_subnet_refuses_pods_until_one_is_removed() {
+    let test = "a_full_subnet_refuses_pods_until_one_is_removed";
+    podvisor_tests::netns::isolated(test, full_subnet(test));
+}
+
+async fn full_subnet(test: &str) {
+    if !qemu_ready(test) {
+        return;
+    }
+    // A /30 holds one pod: network, gateway, pod, broadcast.
+    let (mut daemon, mut cri) = Daemon::start_with(
+        "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n[network]\nprimary_cidr = \"10.77.0.0/30\"\n",
+    )
+    .await;
+    let first = run(&mut cri, "first").await.expect("the subnet's one pod");
+    assert_eq!(pod_ip(&mut cri, &first).await, "10.77.0.2");
+    let err = run(&mut cri, "second").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("10.77.0.0/30"), "{}", err.message());
+    // Refused without leftovers: one pod, one tap, one VM.
+    assert_eq!(
+        list(&mut cri, cri::PodSandboxFilter::default()).await,
+        std::slice::from_ref(&first)
+    );
+    assert_eq!(tap_count(), 1);
+    assert_eq!(
+        daemon
+            .vm_processes()
+            .iter()
+            .filter(|p| p.contains("qemu"))
+            .count(),
+        1
+    );
+
+    // The lease survives a SIGKILL: still full, same address.
+    daemon.kill();
+    let mut cri = daemon.restart().await;
+    assert_eq!(pod_ip(&mut cri, &first).await, "10.77.0.2");
+    let err = run(&mut cri, "second").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    for (call, id) in [("stop", &first), ("remove", &first)] {
+        if call == "stop" {
+            cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        } else {
+            cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(tap_count(), 0);
+    let second = run(&mut cri, "second").await.expect("the freed address");
+    assert_eq!(pod_ip(&mut cri, &second).await, "10.77.0.2");
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: second.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: second,
+    })
+    .await
+    .unwrap();
+    assert_eq!(tap_count(), 0);
+    assert!(daemon.vm_processes().is_empty());
 }

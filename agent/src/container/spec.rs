@@ -263,6 +263,8 @@ fn default_namespaces() -> Vec<LinuxNamespace> {
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Ipc,
+        // Its own cgroup root: /sys/fs/cgroup shows the container's limits.
+        LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
     .map(|typ| {

@@ -11,6 +11,7 @@ use podvisor::container::ContainerManager;
 use podvisor::cri::image::Images;
 use podvisor::cri::runtime::Runtime;
 use podvisor::image::ImageService;
+use podvisor::network::NetworkManager;
 use podvisor::sandbox::SandboxManager;
 use tokio::net::UnixListener;
 use tracing_subscriber::EnvFilter;
@@ -79,11 +80,25 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = Arc::new(Config::load(&cli.config).map_err(|e| e.to_string())?);
     let backend = config.hypervisor.backend().map_err(|e| e.to_string())?;
     tracing::info!(backend = backend.name(), "hypervisor backend ready");
-    let sandboxes = Arc::new(SandboxManager::new(config.clone(), backend));
+    let network = Arc::new(
+        NetworkManager::new(config.network.clone(), &config.state_dir)
+            .map_err(|e| format!("pod network: {e}"))?,
+    );
+    let sandboxes = Arc::new(SandboxManager::new(
+        config.clone(),
+        backend,
+        network.clone(),
+    ));
     sandboxes
         .recover()
         .await
         .map_err(|e| format!("recovering pod sandboxes: {e}"))?;
+    // Taps, rules and leases of pods this daemon no longer knows.
+    let known: Vec<String> = sandboxes.list().iter().map(|p| p.id()).collect();
+    match network.cleanup_orphans(&known).await {
+        Ok(orphans) => tracing::info!(?orphans, "pod network orphans cleaned up"),
+        Err(e) => tracing::warn!(%e, "cleaning up pod network orphans"),
+    }
     let image_root = config.state_dir.join("images");
     let registry = config.registry.clone();
     let images = tokio::task::spawn_blocking(move || ImageService::open(image_root, registry))

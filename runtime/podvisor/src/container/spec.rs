@@ -130,7 +130,16 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         }));
     }
 
-    let mut linux_spec = json!({ "resources": oci_resources(&resources) });
+    // No network namespace: the pod's network is the VM's. A cgroup
+    // namespace, so /sys/fs/cgroup in the container is its own cgroup.
+    let namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
+        .iter()
+        .map(|t| json!({ "type": t }))
+        .collect();
+    let mut linux_spec = json!({
+        "resources": oci_resources(&resources),
+        "namespaces": namespaces,
+    });
     if !security.masked_paths.is_empty() {
         linux_spec["maskedPaths"] = json!(security.masked_paths);
     }

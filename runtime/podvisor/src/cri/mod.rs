@@ -21,6 +21,8 @@ impl From<SandboxError> for Status {
             }
             SandboxError::NotFound(_) => Status::not_found(message),
             SandboxError::AlreadyExists { .. } => Status::already_exists(message),
+            SandboxError::Network(e) if e.is_exhausted() => Status::resource_exhausted(message),
+            SandboxError::Network(_) => Status::internal(message),
             SandboxError::Vm(_)
             | SandboxError::Agent(_)
             | SandboxError::Share(_)

@@ -374,7 +374,14 @@ impl RuntimeService for Runtime {
                 metadata: Some(metadata_of(&r)),
                 state: state_of(&r) as i32,
                 created_at: r.created_at_ns,
-                network: Some(cri::PodSandboxNetworkStatus::default()),
+                network: Some(cri::PodSandboxNetworkStatus {
+                    ip: self
+                        .sandboxes
+                        .ip(&r.id)
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                    additional_ips: vec![],
+                }),
                 linux: None,
                 labels: unsorted(&r.labels),
                 annotations: unsorted(&r.annotations),
@@ -437,7 +444,10 @@ impl RuntimeService for Runtime {
             )
         };
         // Each pod gets its own tap from the runtime, with no CNI to wait for.
-        let network = condition("NetworkReady", true, "", "");
+        let network = match self.sandboxes.network().ready() {
+            Ok(()) => condition("NetworkReady", true, "", ""),
+            Err(why) => condition("NetworkReady", false, "PodNetworkUnavailable", &why),
+        };
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
                 conditions: vec![runtime, network],

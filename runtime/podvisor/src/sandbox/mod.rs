@@ -20,6 +20,7 @@ use crate::agent_client::{self, Agent};
 use crate::config::Config;
 use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
+use crate::network::{NetworkError, NetworkManager};
 use crate::volume::share::{self, PodShare};
 use crate::volume::virtiofsd::Virtiofsd;
 pub use record::{PodMetadata, SandboxRecord, SandboxState};
@@ -50,6 +51,8 @@ pub enum SandboxError {
     Vm(#[from] VmError),
     #[error("setting up the pod inside its VM: {0}")]
     Agent(String),
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
     #[error("limiting the pod VM's CPU: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("sharing files with the pod VM: {0}")]
@@ -141,6 +144,7 @@ impl Pod {
 pub struct SandboxManager {
     config: Arc<Config>,
     hypervisor: Arc<dyn Hypervisor>,
+    network: Arc<NetworkManager>,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -157,10 +161,15 @@ fn now_ns() -> i64 {
 }
 
 impl SandboxManager {
-    pub fn new(config: Arc<Config>, hypervisor: Arc<dyn Hypervisor>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        hypervisor: Arc<dyn Hypervisor>,
+        network: Arc<NetworkManager>,
+    ) -> Self {
         SandboxManager {
             config,
             hypervisor,
+            network,
             pods: Mutex::new(HashMap::new()),
         }
     }
@@ -190,6 +199,15 @@ impl SandboxManager {
             (Some(_), Some(_)) => Err(SandboxError::Ambiguous(id.to_string())),
             (None, _) => Err(SandboxError::NotFound(id.to_string())),
         }
+    }
+
+    /// The pod's address, while it has one.
+    pub fn ip(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.network.lease(id).map(|n| n.ip)
+    }
+
+    pub fn network(&self) -> &NetworkManager {
+        &self.network
     }
 
     pub fn list(&self) -> Vec<Arc<Pod>> {
@@ -252,6 +270,9 @@ impl SandboxManager {
             Err(err) => {
                 tracing::warn!(%id, %err, "pod sandbox failed to start; cleaning up");
                 self.teardown(&pod).await;
+                if let Err(e) = self.network.detach(&id).await {
+                    tracing::warn!(%id, %e, "detaching the network of a failed pod");
+                }
                 self.pods().remove(&id);
                 if pod.share().teardown().is_ok() {
                     let _ = std::fs::remove_dir_all(&record.dir);
@@ -277,21 +298,25 @@ impl SandboxManager {
         .await?;
         let fs_pid = fs.process.pid();
         live.fs = Some(fs);
+        let net = self.network.attach(&record.id).await?;
         let vm_config = VmConfig {
             id: record.id.clone(),
             vcpus: record.vcpus,
             memory_mib: record.memory_mib,
             image: self.config.hypervisor.guest.clone(),
             kernel_args: vec![],
-            tap: None,
+            tap: Some(net.tap_device()),
             share: live.fs.as_ref().map(|f| f.share.clone()),
             dir: record.run_dir.join("vm"),
             boot_timeout: self.config.hypervisor.boot_timeout(),
         };
         let (vm, mut agent, _info) = hypervisor::boot(self.hypervisor.as_ref(), &vm_config).await?;
+        let (interfaces, routes) = net.agent_setup();
         let setup = SetupSandboxRequest {
             hostname: req.hostname.clone(),
-            dns: req.dns.clone(),
+            dns: Some(self.network.dns(req.dns.as_ref())),
+            interfaces,
+            routes,
             host_time: Some(host_time()),
             mounts: vec![SharedMount {
                 fstype: "virtiofs".into(),
@@ -396,6 +421,9 @@ impl SandboxManager {
             r.dialer = None;
         })?;
         pod.share().teardown()?;
+        // The VM is gone: its tap, route and rules go, and its address is
+        // free again.
+        self.network.detach(&pod.id()).await?;
         tracing::info!(id = %pod.id(), "pod sandbox stopped");
         Ok(())
     }
