@@ -25,7 +25,9 @@ use podvisor_proto::{
     CreateContainerRequest, DeleteContainerRequest, ListContainersRequest, ReadOutputRequest,
     Rootfs, SetupSandboxRequest, SharedMount, StartContainerRequest, WaitProcessRequest,
 };
+use podvisor_tests::daemon::Daemon;
 use podvisor_tests::nfs::{ganesha_ready, Ganesha};
+use podvisor_tests::registry::{busybox_image, LocalRegistry};
 use podvisor_tests::vm::{boot_qemu, qemu_ready, BootOptions, TestVm, GUEST_SHARE, SHARE_TAG};
 use tonic::Code;
 
@@ -37,27 +39,6 @@ const SILENT: &str = "10.211.8.8";
 const FS: &str = "fs-0123456789abcdef0";
 const FS_SILENT: &str = "fs-00000000000000bad";
 const TIMEOUT_SECS: u64 = 5;
-
-/// Runs `f` on a thread in a network namespace of its own (see
-/// tests/network.rs): taps, qemu, ganesha and traffic stay in it.
-fn in_fresh_netns<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace");
-        run("ip", &["link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f());
-    })
-    .join()
-    .expect("the test thread");
-}
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -110,7 +91,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
     if !qemu_ready(test) || !nft_ready(test) || !ganesha_ready(test) {
         return;
     }
-    in_fresh_netns(|| async {
+    podvisor_tests::netns::isolated(test, async {
         let started = Instant::now();
         run("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"]);
         run(
@@ -160,7 +141,8 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
             &mut vm_a,
             &planner,
             "writer",
-            "echo hello-from-a > /data/from-a.txt && grep ' /data ' /proc/mounts",
+            "echo hello-from-a > /data/from-a.txt && grep ' /data ' /proc/mounts && \
+             echo client-id=$(cat /sys/fs/nfs/net/nfs_client/identifier)",
             &[(&data_a, "/data", false)],
         )
         .await
@@ -185,11 +167,20 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
             "hello-from-a\n",
             "pod a's file in the exported directory"
         );
+        let client_id = |out: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("client-id="))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let id_a = client_id(&out);
+        assert_eq!(id_a.len(), 36, "the VM's boot id as NFS client id: {out}");
 
         // Pod B: reads it; a read-only mount of the same volume; a subpath.
         let script = "cat /data/from-a.txt; \
             if echo x > /ro/x; then echo RO_WRITE_ALLOWED; else echo RO_WRITE_REFUSED; fi; \
-            echo '== sub'; ls /sub; echo '== end'; echo from-b > /sub/from-b.txt";
+            echo '== sub'; ls /sub; echo '== end'; echo from-b > /sub/from-b.txt; \
+            echo client-id=$(cat /sys/fs/nfs/net/nfs_client/identifier)";
         let (out, code) = run_with_volumes(
             &mut vm_b,
             &planner,
@@ -210,6 +201,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
             "pod b reads pod a's file: {out}"
         );
         assert!(out.contains("RO_WRITE_REFUSED"), "{out}");
+        assert_ne!(client_id(&out), id_a, "two pods, one NFS client id");
         assert!(out.contains("Read-only file system"), "{out}");
         assert!(!export.join("x").exists(), "the read-only mount wrote");
         let sub = &out[out.find("== sub").unwrap()..out.find("== end").unwrap()];
@@ -311,7 +303,199 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         manager.detach("efs-pod-b").await.expect("detach b");
         drop(server);
         eprintln!("efs test done after {:?}", started.elapsed());
-    });
+    })
+    .unwrap_or_default();
+}
+
+/// The same through the daemon, as kubelet drives it: CreateContainer
+/// sends EFS CSI volumes to the agent (the rest goes through the pod
+/// share), refuses an access point, and RemoveContainer unmounts.
+#[test]
+fn efs_volumes_through_the_cri_daemon() {
+    let test = "efs_volumes_through_the_cri_daemon";
+    let registry_ready = podvisor_tests::prerequisite(
+        test,
+        "docker-registry",
+        LocalRegistry::available(),
+        "apt-get install docker-registry",
+    );
+    if !qemu_ready(test) || !nft_ready(test) || !ganesha_ready(test) || !registry_ready {
+        return;
+    }
+    podvisor_tests::netns::isolated(test, async {
+        let started = Instant::now();
+        run("ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"]);
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        std::fs::create_dir_all(export.join("sub")).unwrap();
+        std::fs::write(export.join("sub/inside-sub.txt"), "sub\n").unwrap();
+        let _server = Ganesha::start(&export, &dir.path().join("ganesha")).expect("ganesha");
+        let kubelet = dir.path().join("kubelet");
+        let data = csi_volume(&kubelet, "uid-efs", "efs-data", FS);
+        let sub = csi_volume(&kubelet, "uid-efs", "efs-sub", &format!("{FS}:/sub"));
+        let ap = csi_volume(&kubelet, "uid-efs", "efs-ap", &format!("{FS}::fsap-0123abcd"));
+        let host_dir = dir.path().join("host");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("greeting"), "hello from the host\n").unwrap();
+
+        let registry = LocalRegistry::start();
+        registry
+            .push("e2e/busybox", "1.0", &busybox_image("", "/"))
+            .await;
+        let image = format!("{}/e2e/busybox:1.0", registry.addr());
+        // A guest image under development (PODVISOR_GUEST_DIR) for the daemon too.
+        let guest = guest_image();
+        let (daemon, mut cri) = Daemon::start_with(&format!(
+            "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n\
+             [volumes.efs]\nfile_systems = {{ \"{FS}\" = \"{SERVER}\" }}\nmount_timeout_secs = {TIMEOUT_SECS}\n\n\
+             [hypervisor.guest]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
+            guest.kernel.display(),
+            guest.initramfs.display()
+        ))
+        .await;
+        let mut images = podvisor_tests::daemon::connect_images(&daemon.socket)
+            .await
+            .unwrap();
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .expect("PullImage");
+        let sandbox = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "efs".into(),
+                uid: "uid-efs".into(),
+                namespace: "e2e".into(),
+                attempt: 0,
+            }),
+            hostname: "efs".into(),
+            log_directory: dir.path().join("logs").to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let pod = cri
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        eprintln!("pod ready after {:?}", started.elapsed());
+
+        let mount = |host: &Path, container: &str, readonly: bool| cri::Mount {
+            container_path: container.into(),
+            host_path: host.to_string_lossy().into_owned(),
+            readonly,
+            ..Default::default()
+        };
+        let config = |name: &str, mounts: Vec<cri::Mount>| cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo from-daemon > /data/daemon.txt; exec sleep 3600".into(),
+            ],
+            mounts,
+            ..Default::default()
+        };
+        let create = |config: cri::ContainerConfig| {
+            let mut cri = cri.clone();
+            let request = cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.clone()),
+            };
+            async move {
+                cri.create_container(request)
+                    .await
+                    .map(|r| r.into_inner().container_id)
+            }
+        };
+
+        let err = create(config("ap", vec![mount(&ap, "/data", false)]))
+            .await
+            .expect_err("an access point");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert!(err.message().contains("fsap-0123abcd"), "{}", err.message());
+
+        let app = create(config(
+            "app",
+            vec![
+                mount(&data, "/data", false),
+                mount(&sub, "/sub", true),
+                mount(&host_dir, "/host", true),
+            ],
+        ))
+        .await
+        .expect("CreateContainer with EFS volumes");
+        cri.start_container(cri::StartContainerRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("StartContainer");
+        let exec = |cmd: &str| {
+            let mut cri = cri.clone();
+            let request = cri::ExecSyncRequest {
+                container_id: app.clone(),
+                cmd: vec!["sh".into(), "-c".into(), format!("{{ {cmd}; }} 2>&1")],
+                timeout: 30,
+            };
+            async move {
+                let r = cri.exec_sync(request).await.expect("ExecSync").into_inner();
+                (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !export.join("daemon.txt").exists() {
+            assert!(Instant::now() < deadline, "the container's file never reached the export");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (out, _) = exec("grep -E ' /(data|sub) ' /proc/mounts; cat /sub/inside-sub.txt /host/greeting").await;
+        eprintln!("app:\n{out}");
+        assert!(out.contains(&format!("{SERVER}:/ /data nfs4 rw")), "{out}");
+        assert!(out.contains(&format!("{SERVER}:/sub /sub nfs4 ro")), "{out}");
+        assert!(out.contains("sub\nhello from the host"), "{out}");
+        let (out, code) = exec("echo x > /sub/x; r=$?; ls /sub; exit $r").await;
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains("Read-only file system"), "{out}");
+
+        cri.remove_container(cri::RemoveContainerRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+        cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+        assert_eq!(
+            std::fs::read_to_string(export.join("daemon.txt")).unwrap(),
+            "from-daemon\n"
+        );
+        assert!(daemon.vm_processes().is_empty(), "{:?}", daemon.vm_processes());
+        eprintln!("daemon efs test done after {:?}", started.elapsed());
+    })
+    .unwrap_or_default();
 }
 
 /// Plans each (host path, container path, readonly) as the runtime's
