@@ -136,10 +136,9 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         setup(&mut vm_b, &b).await;
 
         // Pod A writes, and shows how the volume is mounted.
-        let planner = Planner::new(&efs);
         let (out, code) = run_with_volumes(
             &mut vm_a,
-            &planner,
+            &efs,
             "writer",
             "echo hello-from-a > /data/from-a.txt && grep ' /data ' /proc/mounts && \
              echo client-id=$(cat /sys/fs/nfs/net/nfs_client/identifier)",
@@ -183,7 +182,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
             echo client-id=$(cat /sys/fs/nfs/net/nfs_client/identifier)";
         let (out, code) = run_with_volumes(
             &mut vm_b,
-            &planner,
+            &efs,
             "reader",
             script,
             &[
@@ -222,7 +221,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         let t = Instant::now();
         let err = run_with_volumes(
             &mut vm_b,
-            &planner,
+            &efs,
             "silent",
             "true",
             &[(&silent_b, "/data", false)],
@@ -244,7 +243,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         let t = Instant::now();
         let err = run_with_volumes(
             &mut vm_b,
-            &planner,
+            &efs,
             "missing",
             "true",
             &[(&data_b, "/ok", false), (&missing_b, "/data", false)],
@@ -502,11 +501,14 @@ fn efs_volumes_through_the_cri_daemon() {
 /// CreateContainer does, then runs the container to its end.
 async fn run_with_volumes(
     vm: &mut TestVm,
-    planner: &Planner<'_>,
+    efs: &EfsConfig,
     id: &str,
     script: &str,
     mounts: &[(&Path, &str, bool)],
 ) -> Result<(String, i32), tonic::Status> {
+    // One planner per CreateContainer, as the runtime makes it: its clock
+    // bounds resolution and mounts together.
+    let planner = Planner::new(efs);
     let mut binds = Vec::new();
     let mut volumes = Vec::new();
     for (index, (host_path, container_path, readonly)) in mounts.iter().enumerate() {

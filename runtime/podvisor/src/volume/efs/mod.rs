@@ -18,6 +18,7 @@ pub mod mountinfo;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use podvisor_proto::SharedMount;
 
@@ -178,9 +179,12 @@ fn join(base: &str, relative: &str) -> Option<String> {
 }
 
 /// Turns each EFS/NFS mount of a container into what the agent mounts.
+/// One planner per CreateContainer: its clock bounds name resolution and
+/// the agent's mounts together by `mount_timeout_secs`.
 pub struct Planner<'a> {
     config: &'a EfsConfig,
     mounts: MountTable,
+    deadline: Instant,
 }
 
 impl<'a> Planner<'a> {
@@ -189,11 +193,19 @@ impl<'a> Planner<'a> {
             tracing::warn!(%e, "reading /proc/self/mountinfo; NFS host paths go through the share");
             MountTable::default()
         });
-        Planner { config, mounts }
+        Self::with_mounts(config, mounts)
     }
 
     pub fn with_mounts(config: &'a EfsConfig, mounts: MountTable) -> Self {
-        Planner { config, mounts }
+        Planner {
+            config,
+            mounts,
+            deadline: Instant::now() + config.mount_timeout(),
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// The guest mount for CRI mount `index` of `container_id`, or None
@@ -210,7 +222,7 @@ impl<'a> Planner<'a> {
         };
         let addr = match source.addr {
             Some(a) => a,
-            None => config::resolve(&source.server, self.config.mount_timeout()).await?,
+            None => config::resolve(&source.server, self.remaining()).await?,
         };
         let guest_path = Path::new(GUEST_VOLUMES)
             .join(container_id)
@@ -229,8 +241,12 @@ impl<'a> Planner<'a> {
         }))
     }
 
+    /// What is left of the bound for the agent's mounts (at least 1 ms:
+    /// 0 would mean the agent's default).
     pub fn timeout_ms(&self) -> u32 {
-        u32::try_from(self.config.mount_timeout().as_millis()).unwrap_or(u32::MAX)
+        u32::try_from(self.remaining().as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 }
 
@@ -345,7 +361,7 @@ mod tests {
         assert_eq!(v.mount.fstype, "nfs4");
         assert!(v.mount.readonly);
         assert!(v.mount.options.contains(&"addr=10.0.0.5".to_string()));
-        assert_eq!(planner.timeout_ms(), 30_000);
+        assert!((29_000..=30_000).contains(&planner.timeout_ms()));
         assert_eq!(
             planner.plan("c1", 0, root.path(), false).await.unwrap(),
             None
