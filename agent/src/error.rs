@@ -47,6 +47,12 @@ pub enum AgentError {
     Runtime { op: String, message: String },
     #[error("cgroup: {0}")]
     Cgroup(String),
+    /// A volume's mount(2) failed; the message names the errno and server.
+    #[error("{what}: {message}")]
+    Mount { what: String, message: String },
+    /// A volume's server did not answer within the request's bound.
+    #[error("{what}: {message}")]
+    MountTimeout { what: String, message: String },
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -87,9 +93,10 @@ impl From<AgentError> for Status {
             AgentError::ContainerExists(_) | AgentError::ExecExists { .. } => {
                 Status::already_exists(message)
             }
-            AgentError::FailedPrecondition(_) | AgentError::Rootfs { .. } => {
-                Status::failed_precondition(message)
-            }
+            AgentError::FailedPrecondition(_)
+            | AgentError::Rootfs { .. }
+            | AgentError::Mount { .. } => Status::failed_precondition(message),
+            AgentError::MountTimeout { .. } => Status::deadline_exceeded(message),
             // A container that cannot be built from a well-formed request is
             // the caller's problem to fix (bad cwd, missing binary, ...).
             AgentError::Runtime { .. } => Status::failed_precondition(message),

@@ -18,6 +18,7 @@ mod sandbox;
 mod server;
 mod stdio;
 mod transport;
+mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -60,6 +60,9 @@ pub fn setup(req: &SetupSandboxRequest, state_dir: &Path, mode: Mode) -> Result<
         // Before the mounts: an NFS share needs the pod's network.
         crate::network::configure(&req.interfaces, &req.routes)?;
     }
+    if mode == Mode::Guest {
+        crate::volume::set_nfs_client_identifier();
+    }
     for m in &req.mounts {
         mount_shared(m)?;
     }

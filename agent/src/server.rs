@@ -102,6 +102,11 @@ impl Agent for AgentService {
                 rootfs: req.rootfs.unwrap_or_default(),
                 stdin: req.stdin,
                 tty: req.tty,
+                volumes: req.volumes,
+                volume_timeout: match req.volume_timeout_ms {
+                    0 => crate::volume::DEFAULT_TIMEOUT,
+                    ms => Duration::from_millis(ms.into()),
+                },
             })
             .await?;
         Ok(Response::new(CreateContainerResponse {

@@ -398,6 +398,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_leaves_nothing() {
         }),
         stdin: false,
         tty: false,
+        ..Default::default()
     };
     let err = a.client.create_container(missing).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -435,6 +436,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_leaves_nothing() {
         rootfs: Some(a.rootfs_request()),
         stdin: false,
         tty: false,
+        ..Default::default()
     };
     let err = a.client.create_container(malformed).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -174,6 +174,7 @@ impl HostAgent {
             rootfs: Some(self.rootfs_request()),
             stdin,
             tty,
+            ..Default::default()
         };
         self.client
             .create_container(req)

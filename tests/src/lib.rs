@@ -18,6 +18,7 @@ pub mod cpio;
 pub mod daemon;
 pub mod nested;
 pub mod netns;
+pub mod nfs;
 pub mod vm;
 
 /// True when `what` is available. When not: outside CI the test prints why

@@ -163,6 +163,7 @@ impl TestVm {
             }),
             stdin: false,
             tty: false,
+            ..Default::default()
         };
         if let Err(e) = self.agent.create_container(create).await {
             panic!(

@@ -418,6 +418,7 @@ async fn start_background(vm: &mut TestVm, id: &str, script: &str) {
         }),
         stdin: false,
         tty: false,
+        ..Default::default()
     };
     vm.agent
         .create_container(create)

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::error::{AgentError, Result};
 use crate::reaper::{self, ExitReceiver, Reaper};
 use crate::stdio::{self, ChildStdio, ProcessIo};
+use crate::volume::{self, Volumes};
 use cgroup::Cgroup;
 pub use cgroup::{detect_version, CgroupVersion, Usage};
 use console::ConsoleSocket;
@@ -104,6 +105,8 @@ pub struct Container {
     started_at: Mutex<Option<SystemTime>>,
     pub main: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// NFS volumes mounted for this container, unmounted on delete.
+    volumes: Mutex<Volumes>,
 }
 
 impl Container {
@@ -168,6 +171,9 @@ pub struct CreateRequest {
     pub rootfs: podvisor_proto::Rootfs,
     pub stdin: bool,
     pub tty: bool,
+    /// Network file systems to mount before the container is built.
+    pub volumes: Vec<podvisor_proto::SharedMount>,
+    pub volume_timeout: Duration,
 }
 
 pub struct ExecRequest {
@@ -273,9 +279,20 @@ impl ContainerManager {
 
         let bundle = self.config.state_dir.join("containers").join(&req.id);
         std::fs::create_dir_all(&bundle).map_err(|e| AgentError::io("create bundle", e))?;
+        // Volumes first: a server that cannot be reached is the likeliest
+        // failure, and the slowest.
+        let mut volumes =
+            match volume::mount_all(&self.reaper, &req.volumes, req.volume_timeout).await {
+                Ok(v) => v,
+                Err(err) => {
+                    let _ = std::fs::remove_dir_all(&bundle);
+                    return Err(err);
+                }
+            };
         let rootfs = match rootfs::mount_rootfs(&bundle, &req.rootfs) {
             Ok(r) => r,
             Err(err) => {
+                volumes.unmount();
                 let _ = std::fs::remove_dir_all(&bundle);
                 return Err(err);
             }
@@ -285,6 +302,7 @@ impl ContainerManager {
             .await
         {
             Ok(container) => {
+                *lock(&container.volumes) = volumes;
                 lock(&self.containers).insert(req.id.clone(), container.clone());
                 tracing::info!(id = %req.id, pid = container.main.pid.as_raw(), "container created");
                 Ok(container)
@@ -292,6 +310,7 @@ impl ContainerManager {
             Err((err, rootfs)) => {
                 self.remove_leftovers(&req.id, &bundle, &rootfs, &spec)
                     .await;
+                volumes.unmount();
                 Err(err)
             }
         }
@@ -383,6 +402,7 @@ impl ContainerManager {
             started_at: Mutex::new(None),
             main,
             execs: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(Volumes::default()),
         }))
     }
 
@@ -581,6 +601,7 @@ impl ContainerManager {
         .await
         .map_err(|e| AgentError::runtime("delete container", e))??;
         container.rootfs.unmount()?;
+        lock(&container.volumes).unmount();
         std::fs::remove_dir_all(&container.bundle)
             .map_err(|e| AgentError::io("remove bundle", e))?;
         lock(&self.containers).remove(id);

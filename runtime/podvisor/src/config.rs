@@ -13,6 +13,7 @@ use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
 use crate::network::NetworkConfig;
 use crate::policy::PolicyConfig;
+use crate::volume::efs::EfsConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -35,6 +36,17 @@ pub struct Config {
     /// Fargate profiles and container rlimits (admission rules are fixed).
     pub policy: PolicyConfig,
     pub network: NetworkConfig,
+    /// Volumes mounted inside the pod VM (EFS and NFS).
+    pub volumes: VolumesConfig,
+}
+
+/// `[volumes]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// `[volumes.efs]`: file-system addresses and the mount timeout.
+    #[serde(deserialize_with = "crate::volume::efs::config::deserialize_efs")]
+    pub efs: EfsConfig,
 }
 
 impl Default for Config {
@@ -49,6 +61,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             policy: PolicyConfig::default(),
             network: NetworkConfig::default(),
+            volumes: VolumesConfig::default(),
         }
     }
 }
@@ -197,5 +210,18 @@ mod tests {
         assert_eq!(c.state_dir, Config::default().state_dir);
         let err = Config::parse("[hypervisor]\nbakend = \"qemu\"\n").unwrap_err();
         assert!(err.contains("bakend"), "{err}");
+    }
+
+    #[test]
+    fn efs_section_parses_and_is_validated() {
+        let c = Config::parse(
+            "[volumes.efs]\nfile_systems = { \"fs-12345678\" = \"10.0.0.5\" }\nmount_timeout_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.volumes.efs.file_systems["fs-12345678"], "10.0.0.5");
+        assert_eq!(c.volumes.efs.mount_timeout_secs, 5);
+        assert_eq!(c.volumes.efs.region, "");
+        let err = Config::parse("[volumes.efs]\nmount_timeout_secs = 0\n").unwrap_err();
+        assert!(err.contains("mount_timeout_secs"), "{err}");
     }
 }

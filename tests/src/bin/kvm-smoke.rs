@@ -356,6 +356,7 @@ async fn run_container(
             }),
             stdin: false,
             tty: false,
+            ..Default::default()
         })
         .await
         .map_err(|e| format!("create container {id}: {e}\nguest console:\n{}", console()))?;

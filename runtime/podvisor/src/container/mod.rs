@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::image::{ImageError, ImageService};
 use crate::logs::CriLog;
 use crate::sandbox::{Pod, SandboxError, SandboxManager, SandboxState};
+use crate::volume::efs::{self, EfsError};
 use crate::volume::share::ShareError;
 pub use io::ExecOutput;
 pub use record::{ContainerRecord, ContainerState, ExitRecord, MountRecord};
@@ -63,6 +64,8 @@ pub enum ContainerError {
     Spec(#[from] SpecError),
     #[error("sharing a path with the pod VM: {0}")]
     Share(#[from] ShareError),
+    #[error("NFS volume: {0}")]
+    Volume(#[from] EfsError),
     #[error("{what}: {}", status.message())]
     Agent {
         what: &'static str,
@@ -393,14 +396,23 @@ impl ContainerManager {
         }
         let mut guest_mounts = Vec::new();
         let mut records = Vec::new();
+        // EFS/NFS volumes are mounted by the agent, the rest shared.
+        let planner = efs::Planner::new(&self.config.volumes.efs);
+        let mut volumes = Vec::new();
         for (index, m) in config.mounts.iter().enumerate() {
             if m.host_path.is_empty() || m.container_path.is_empty() {
                 return Err(ContainerError::InvalidArgument(format!(
                     "mount {index}: host_path and container_path are required"
                 )));
             }
-            let guest_path =
-                share.expose_host_path(id, index, Path::new(&m.host_path), m.readonly)?;
+            let host_path = Path::new(&m.host_path);
+            let guest_path = match planner.plan(id, index, host_path, m.readonly).await? {
+                Some(volume) => {
+                    volumes.push(volume.mount);
+                    volume.guest_path
+                }
+                None => share.expose_host_path(id, index, host_path, m.readonly)?,
+            };
             guest_mounts.push(GuestMount {
                 guest_path,
                 container_path: m.container_path.clone(),
@@ -432,8 +444,25 @@ impl ContainerManager {
             }),
             stdin: config.stdin,
             tty: config.tty,
+            volume_timeout_ms: if volumes.is_empty() {
+                0
+            } else {
+                planner.timeout_ms()
+            },
+            volumes,
         };
         let mut agent = pod.agent().await?;
+        if !request.volumes.is_empty() {
+            let protocol = agent
+                .health(podvisor_proto::HealthRequest {})
+                .await
+                .map_err(agent_err("asking the pod's agent for its protocol"))?
+                .into_inner()
+                .protocol_version;
+            if protocol < efs::MIN_AGENT_PROTOCOL {
+                return Err(EfsError::AgentTooOld(protocol).into());
+            }
+        }
         agent
             .create_container(request)
             .await

@@ -10,6 +10,7 @@ use crate::container::ContainerError;
 use crate::image::ImageError;
 use crate::policy::PolicyError;
 use crate::sandbox::SandboxError;
+use crate::volume::efs::EfsError;
 
 impl From<SandboxError> for Status {
     fn from(err: SandboxError) -> Status {
@@ -83,7 +84,25 @@ impl From<ContainerError> for Status {
             // binary...), with our context in front.
             ContainerError::Agent { status, .. } => Status::new(status.code(), message),
             ContainerError::Timeout(_) => Status::deadline_exceeded(message),
+            ContainerError::Volume(e) => volume_status(&e, message),
             ContainerError::Share(_) | ContainerError::Io(_) => Status::internal(message),
         }
+    }
+}
+
+/// A malformed volumeHandle is the request's fault; what the node cannot
+/// do (access points, missing config, old guest, unknown names) is a
+/// precondition; unreadable kubelet files are ours.
+fn volume_status(err: &EfsError, message: String) -> Status {
+    match err {
+        EfsError::BadHandle { .. } => Status::invalid_argument(message),
+        EfsError::VolData { .. } => Status::internal(message),
+        EfsError::AccessPoint { .. }
+        | EfsError::NoRegion { .. }
+        | EfsError::Resolve { .. }
+        | EfsError::SubPath { .. }
+        | EfsError::NfsVersion { .. }
+        | EfsError::NfsSource { .. }
+        | EfsError::AgentTooOld(_) => Status::failed_precondition(message),
     }
 }

@@ -1,4 +1,5 @@
 //! File systems shared into pod VMs.
 
+pub mod efs;
 pub mod share;
 pub mod virtiofsd;
