@@ -9,7 +9,7 @@ mod io;
 mod record;
 pub mod spec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -186,8 +186,27 @@ pub struct ContainerManager {
     sandboxes: Arc<SandboxManager>,
     images: ImageService,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// Creations run one at a time, so a name is never taken twice.
-    creating: tokio::sync::Mutex<()>,
+    /// Names (sandbox, name, attempt) being created: claimed before the
+    /// slow part, so a name is never taken twice while creations of
+    /// different containers (a slow NFS mount, a large image) overlap.
+    creating: Mutex<HashSet<NameKey>>,
+}
+
+type NameKey = (String, String, u32);
+
+/// Releases a claimed name when its creation ends, however it ends.
+struct NameClaim<'a> {
+    claims: &'a Mutex<HashSet<NameKey>>,
+    key: NameKey,
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl ContainerManager {
@@ -201,7 +220,7 @@ impl ContainerManager {
             sandboxes,
             images,
             containers: Mutex::new(HashMap::new()),
-            creating: tokio::sync::Mutex::new(()),
+            creating: Mutex::new(HashSet::new()),
         })
     }
 
@@ -306,18 +325,7 @@ impl ContainerManager {
         }
         let pod = self.ready_pod(sandbox_id)?;
         let sandbox = pod.record();
-        let _creating = self.creating.lock().await;
-        if let Some(existing) = self.map().values().find(|c| {
-            let r = c.lock();
-            r.sandbox_id == sandbox.id && r.name == meta.name && r.attempt == meta.attempt
-        }) {
-            return Err(ContainerError::AlreadyExists {
-                name: meta.name,
-                attempt: meta.attempt,
-                sandbox: sandbox.id,
-                id: existing.id(),
-            });
-        }
+        let _claim = self.claim_name(&sandbox.id, &meta.name, meta.attempt)?;
         let image = self.images.get(&image_name).map_err(|e| match e {
             ImageError::NotFound(_) => {
                 ContainerError::NotFound(format!("image {image_name}; pull it first (PullImage)"))
@@ -482,6 +490,35 @@ impl ContainerManager {
                 }
             }
         }
+    }
+
+    /// Claims a container name in a pod, or says who has it.
+    fn claim_name(&self, sandbox: &str, name: &str, attempt: u32) -> Result<NameClaim<'_>> {
+        let key = (sandbox.to_string(), name.to_string(), attempt);
+        let mut claims = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self.map().values().find_map(|c| {
+            let r = c.lock();
+            (r.sandbox_id == sandbox && r.name == name && r.attempt == attempt)
+                .then(|| r.id.clone())
+        });
+        let taken_by = existing.or_else(|| {
+            claims
+                .contains(&key)
+                .then(|| "(a container still being created)".to_string())
+        });
+        if let Some(id) = taken_by {
+            return Err(ContainerError::AlreadyExists {
+                name: name.to_string(),
+                attempt,
+                sandbox: sandbox.to_string(),
+                id,
+            });
+        }
+        claims.insert(key.clone());
+        Ok(NameClaim {
+            claims: &self.creating,
+            key,
+        })
     }
 
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<()> {
