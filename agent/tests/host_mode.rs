@@ -268,6 +268,7 @@ async fn stdout_and_stderr_arrive_separately_and_in_order() {
             container_id: "io".into(),
             exec_id: String::new(),
             from_offset: 5,
+            live: false,
         })
         .await
         .unwrap()
@@ -534,6 +535,7 @@ async fn runtime_can_disconnect_and_reconnect() {
             container_id: "long".into(),
             exec_id: String::new(),
             from_offset: 0,
+            live: false,
         })
         .await
         .unwrap()

@@ -6,7 +6,7 @@ pub mod v1 {
     tonic::include_proto!("podvisor.agent.v1");
 
     /// Bumped whenever methods or fields are added within v1.
-    pub const PROTOCOL_VERSION: u32 = 2;
+    pub const PROTOCOL_VERSION: u32 = 3;
 
     /// The vsock port the agent listens on inside the guest.
     pub const AGENT_VSOCK_PORT: u32 = 1024;

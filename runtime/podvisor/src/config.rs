@@ -11,8 +11,9 @@ use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
-use crate::policy::PolicyConfig;
 use crate::network::NetworkConfig;
+use crate::policy::PolicyConfig;
+use crate::streaming::StreamingConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podvisor/config.toml";
@@ -35,6 +36,8 @@ pub struct Config {
     /// Fargate profiles and container rlimits (admission rules are fixed).
     pub policy: PolicyConfig,
     pub network: NetworkConfig,
+    /// The Exec/Attach/PortForward streaming server.
+    pub streaming: StreamingConfig,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             policy: PolicyConfig::default(),
             network: NetworkConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
