@@ -17,6 +17,7 @@ pub fn running_as_root(test: &str) -> bool {
 pub mod cpio;
 pub mod daemon;
 pub mod nested;
+pub mod streaming;
 pub mod vm;
 
 /// True when `what` is available. When not: outside CI the test prints why
