@@ -37,6 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# A real kubectl (unpacked, not installed) for the streaming tests.
+./scripts/fetch-kubectl.sh
+
 # Rust tools.
 if ! command -v cargo >/dev/null; then
     echo "install-deps.sh: cargo is not installed; install Rust (rustup) first" >&2

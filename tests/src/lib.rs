@@ -16,6 +16,7 @@ pub fn running_as_root(test: &str) -> bool {
 
 pub mod cpio;
 pub mod daemon;
+pub mod kubeproxy;
 pub mod nested;
 pub mod streaming;
 pub mod vm;

@@ -6,12 +6,14 @@
 
 use std::time::Duration;
 
+use podvisor_tests::kubeproxy::{self, FakeApiServer, Target};
 use podvisor_tests::registry::LocalRegistry;
 use podvisor_tests::streaming::{
     exit_code, forward_once, noise, port_forward, read_until, status_of, SpdyCommand, StreamPod,
     WsCommand, HTTP_PORT, PAGE,
 };
 use podvisor_tests::vm::qemu_ready;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Long enough for a loaded machine to use a fresh URL, short enough to
 /// wait out.
@@ -191,6 +193,117 @@ async fn exec_attach_and_port_forward_reach_the_pod_vm() {
     assert!(text.contains("40 120"), "{text:?}");
     assert_eq!(exit_code(&status), None);
 
+    // --- a real kubectl (client-go's SPDY) through a stand-in API server ---
+    let kubectl = kubeproxy::kubectl();
+    if podvisor_tests::prerequisite(
+        test,
+        "kubectl 1.20",
+        kubectl.is_file(),
+        "scripts/fetch-kubectl.sh",
+    ) {
+        kubectl_checks(&pod, &kubectl).await;
+    }
+
     eprintln!("streaming checks took {:?}", started.elapsed());
     pod.remove().await;
+}
+
+/// kubectl exec (stdin through cat, exit code 7) and port-forward.
+async fn kubectl_checks(pod: &StreamPod, kubectl: &std::path::Path) {
+    let api = FakeApiServer::start(
+        pod.cri.clone(),
+        Target {
+            name: "stream".into(),
+            container_name: "echo".into(),
+            pod_id: pod.pod.clone(),
+            container_id: pod.container.clone(),
+        },
+    )
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let config = api.kubeconfig(home.path());
+    let command = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(kubectl);
+        c.args(args)
+            .env_clear()
+            .env("HOME", home.path())
+            .env("KUBECONFIG", &config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+
+    let mut cat = command(&["exec", "-i", "stream", "-c", "echo", "--", "cat"])
+        .spawn()
+        .unwrap();
+    let data = noise(256 * 1024);
+    let mut stdin = cat.stdin.take().unwrap();
+    let input = data.clone();
+    tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        // Dropping stdin is EOF, which kubectl passes on.
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), cat.wait_with_output())
+        .await
+        .expect("kubectl exec cat finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl exec cat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data, "kubectl exec cat: output differs");
+
+    let seven = command(&[
+        "exec",
+        "stream",
+        "-c",
+        "echo",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 7",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&seven.stderr);
+    assert_eq!(seven.status.code(), Some(7), "{stderr}");
+    assert_eq!(seven.stdout, b"hi\n");
+    assert!(
+        stderr.contains("command terminated with exit code 7"),
+        "{stderr}"
+    );
+
+    let mut forward = command(&["port-forward", "stream", &format!(":{HTTP_PORT}")])
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(forward.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("kubectl port-forward starts")
+        .unwrap()
+        .unwrap_or_default();
+    // "Forwarding from 127.0.0.1:NNNNN -> 8080"
+    let local: u16 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut page = String::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut page))
+            .await
+            .expect("the page through kubectl port-forward")
+            .unwrap();
+        assert!(page.contains(PAGE), "{page:?}");
+    }
+    let _ = forward.kill().await;
 }

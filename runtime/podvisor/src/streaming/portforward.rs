@@ -3,7 +3,9 @@
 //! headers `port` and `requestID`. We pair them, open the port on the pod's
 //! loopback through the agent (over the VM channel, not the pod network),
 //! and copy bytes; a failure is written as text on the error stream. Many
-//! connections, to one or several ports, share one session.
+//! connections, to one or several ports, share one session. The client
+//! may half-close (its FIN reaches the pod as a TCP half-close); when the
+//! pod's side ends, the connection is over and both streams end.
 
 use std::collections::HashMap;
 
@@ -142,7 +144,11 @@ async fn forward(error: Stream, data: Stream, pod_id: String, mut agent: Agent) 
                     break;
                 }
                 if frame.eof {
+                    // The pod's side is done: so is the connection, as in
+                    // kubelet (clients wait for the error stream to end
+                    // before they close their side).
                     let _ = to_client.finish().await;
+                    break;
                 }
             }
             Ok(None) => break,
@@ -156,7 +162,9 @@ async fn forward(error: Stream, data: Stream, pod_id: String, mut agent: Agent) 
             }
         }
     }
+    // Dropping the call resets what is left of the pod's connection.
     upstream.abort();
+    drop(replies);
     if let Some(message) = problem {
         let _ = error.tx.write(Bytes::from(message)).await;
     }
