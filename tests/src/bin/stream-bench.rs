@@ -54,6 +54,24 @@ async fn main() {
         times.push(t.elapsed());
     }
     times.sort();
+    // Peer: ExecSync of the same command (no streaming server, no upgrade).
+    let mut sync_times = Vec::with_capacity(args.execs);
+    for _ in 0..args.execs {
+        let t = Instant::now();
+        let r = pod
+            .cri
+            .exec_sync(k8s_cri::v1::ExecSyncRequest {
+                container_id: pod.container.clone(),
+                cmd: vec!["true".into()],
+                timeout: 30,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        assert_eq!(r.exit_code, 0);
+        sync_times.push(t.elapsed());
+    }
+    sync_times.sort();
 
     // A file of the requested size, served by the pod's httpd.
     let mb = args.megabytes;
@@ -62,7 +80,7 @@ async fn main() {
             &[
                 "sh",
                 "-c",
-                &format!("head -c {}M /dev/zero > /tmp/www/big", mb),
+                &format!("dd if=/dev/zero of=/tmp/www/big bs=1048576 count={mb} 2>/dev/null"),
             ],
             false,
             false,
@@ -83,16 +101,41 @@ async fn main() {
     .await;
     let took = t.elapsed();
     assert!(error.is_empty(), "{error}");
-    assert!(body.len() >= mb << 20, "short body: {} bytes", body.len());
+    assert!(
+        body.len() >= mb << 20,
+        "short body: {:?}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
     let mbps = body.len() as f64 / (1 << 20) as f64 / took.as_secs_f64();
+    // Peer: the same file as exec stdout (agent output stream, same VM channel).
+    let url = pod.exec_url(&["cat", "/tmp/www/big"], false, false).await;
+    let t = Instant::now();
+    let (out, _, _) = SpdyCommand::start(&url, false, true, true, false)
+        .await
+        .finish()
+        .await;
+    let cat_mbps = out.len() as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
 
     println!("backend: {backend} ({accel})");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p95) = (percentile(&times, 0.5), percentile(&times, 0.95));
+    let (s50, s95) = (percentile(&sync_times, 0.5), percentile(&sync_times, 0.95));
     println!(
-        "exec round trip (`true`, Exec call to exit status, {} runs): p50 {:.1} ms, p95 {:.1} ms",
+        "exec round trip (`true`, Exec call to exit status over SPDY, {} runs): p50 {:.1} ms, p95 {:.1} ms",
         times.len(),
-        percentile(&times, 0.5).as_secs_f64() * 1e3,
-        percentile(&times, 0.95).as_secs_f64() * 1e3
+        ms(p50),
+        ms(p95)
+    );
+    println!(
+        "  peer ExecSync `true`: p50 {:.1} ms, p95 {:.1} ms; streamed/ExecSync p50 {:.2}x",
+        ms(s50),
+        ms(s95),
+        p50.as_secs_f64() / s50.as_secs_f64()
     );
     println!("port-forward throughput (one connection, {mb} MiB): {mbps:.1} MiB/s");
+    println!(
+        "  peer exec `cat` of the same file over SPDY: {cat_mbps:.1} MiB/s; port-forward/exec {:.2}x",
+        mbps / cat_mbps
+    );
     pod.remove().await;
 }
