@@ -209,6 +209,9 @@ async fn handle(server: Arc<StreamingServer>, mut req: hyper::Request<Incoming>)
                 Ok(a) => a,
                 Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };
+            if let Err(refusal) = agent_speaks_v3(&agent, "port forwarding").await {
+                return refusal;
+            }
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 match on_upgrade.await {
@@ -232,6 +235,11 @@ async fn handle(server: Arc<StreamingServer>, mut req: hyper::Request<Incoming>)
                 Ok(v) => v,
                 Err(e) => return plain(StatusCode::CONFLICT, e.to_string()),
             };
+            if matches!(request, Request::Attach { .. }) {
+                if let Err(refusal) = agent_speaks_v3(&agent, "attach").await {
+                    return refusal;
+                }
+            }
             let (opts, cmd) = match &request {
                 Request::Exec { cmd, opts, .. } => (*opts, Some(cmd.clone())),
                 Request::Attach { opts, .. } => (*opts, None),
@@ -309,6 +317,27 @@ async fn handle(server: Arc<StreamingServer>, mut req: hyper::Request<Incoming>)
                 )
             }
         }
+    }
+}
+
+/// Attach (live output) and PortForward came with agent protocol 3; an
+/// older guest image gets a clear refusal instead of replayed output or an
+/// unknown method.
+async fn agent_speaks_v3(agent: &crate::agent_client::Agent, what: &str) -> Result<(), Answer> {
+    let mut agent = agent.clone();
+    match agent.health(podvisor_proto::HealthRequest {}).await {
+        Ok(h) if h.get_ref().protocol_version >= 3 => Ok(()),
+        Ok(h) => Err(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "{what} needs agent protocol 3; this pod's agent speaks {} (rebuild the guest image)",
+                h.get_ref().protocol_version
+            ),
+        )),
+        Err(s) => Err(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("asking the pod's agent: {}", s.message()),
+        )),
     }
 }
 
