@@ -37,8 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# A real kubectl (unpacked, not installed) for the streaming tests.
-./scripts/fetch-kubectl.sh
+# A real kubectl (unpacked, not installed) for the streaming tests; without
+# it only that test fails, naming this script.
+./scripts/fetch-kubectl.sh || echo "install-deps.sh: warning: scripts/fetch-kubectl.sh failed" >&2
 
 # Rust tools.
 if ! command -v cargo >/dev/null; then
