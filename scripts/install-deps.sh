@@ -37,6 +37,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# A real kubectl (unpacked, not installed) for the streaming tests; without
+# it only that test fails, naming this script.
+./scripts/fetch-kubectl.sh || echo "install-deps.sh: warning: scripts/fetch-kubectl.sh failed" >&2
+
 # Rust tools.
 if ! command -v cargo >/dev/null; then
     echo "install-deps.sh: cargo is not installed; install Rust (rustup) first" >&2

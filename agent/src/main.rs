@@ -13,6 +13,7 @@ mod info;
 mod init;
 mod network;
 mod output;
+mod portforward;
 mod reaper;
 mod sandbox;
 mod server;

@@ -144,8 +144,20 @@ impl OutputLog {
         self.lock().open_writers == 0
     }
 
+    /// Offset just past the last byte appended so far.
+    pub fn end(&self) -> u64 {
+        self.lock().end
+    }
+
     /// Returns what is available at `from` without waiting.
+    #[cfg(test)]
     pub fn read_from(&self, from: u64) -> Read {
+        self.read_inner(from, true)
+    }
+
+    /// `deliver`: what is returned counts as delivered (frees capacity,
+    /// starts retention); an attached observer reads without it.
+    fn read_inner(&self, from: u64, deliver: bool) -> Read {
         let mut st = self.lock();
         let oldest = st.chunks.front().map_or(st.end, |c| c.offset);
         let (from, dropped) = if from < oldest {
@@ -169,7 +181,7 @@ impl OutputLog {
             }
             return Read::Pending;
         }
-        if st.end > st.delivered {
+        if deliver && st.end > st.delivered {
             st.delivered = st.end;
             Self::trim(&mut st, self.retain);
             self.space_ready.notify_waiters();
@@ -180,9 +192,19 @@ impl OutputLog {
     /// Waits for data at `from`, end of file, or returns at once if either is
     /// already there.
     pub async fn read(&self, from: u64) -> Read {
+        self.wait_read(from, true).await
+    }
+
+    /// Like [`OutputLog::read`] for an observer: nothing it gets counts as
+    /// delivered.
+    pub async fn observe(&self, from: u64) -> Read {
+        self.wait_read(from, false).await
+    }
+
+    async fn wait_read(&self, from: u64, deliver: bool) -> Read {
         loop {
             let notified = self.data_ready.notified();
-            match self.read_from(from) {
+            match self.read_inner(from, deliver) {
                 Read::Pending => notified.await,
                 other => return other,
             }
@@ -228,6 +250,20 @@ mod tests {
         let (chunks, dropped) = data(log.read_from(0));
         assert_eq!(dropped, 4);
         assert_eq!(chunks[0].offset, 4);
+    }
+
+    #[test]
+    fn observers_neither_free_capacity_nor_trim() {
+        let log = OutputLog::with_limits(1, 4, 0);
+        log.append(Stream::Stdout, b"full");
+        assert_eq!(log.end(), 4);
+        match log.read_inner(0, false) {
+            Read::Data { chunks, .. } => assert_eq!(chunks[0].data, b"full"),
+            other => panic!("expected data, got {other:?}"),
+        }
+        // The ordinary reader still gets everything from 0.
+        let (chunks, dropped) = data(log.read_from(0));
+        assert_eq!((chunks[0].data.as_slice(), dropped), (&b"full"[..], 0));
     }
 
     #[tokio::test]

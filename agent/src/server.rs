@@ -218,10 +218,17 @@ impl Agent for AgentService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let log = process.io.output.clone();
-            let mut offset = r.from_offset;
+            let mut offset = if r.live { log.end() } else { r.from_offset };
             loop {
+                let next = async {
+                    if r.live {
+                        log.observe(offset).await
+                    } else {
+                        log.read(offset).await
+                    }
+                };
                 let message = tokio::select! {
-                    read = log.read(offset) => read,
+                    read = next => read,
                     // Stop reading for a client that went away.
                     _ = tx.closed() => return,
                 };
@@ -298,6 +305,17 @@ impl Agent for AgentService {
         let process = self.containers.get(&r.container_id)?.process(&r.exec_id)?;
         process.io.resize(rows, cols)?;
         Ok(Response::new(ResizeTtyResponse {}))
+    }
+
+    type PortForwardStream = crate::portforward::Frames;
+
+    #[tracing::instrument(skip_all)]
+    async fn port_forward(
+        &self,
+        req: Request<tonic::Streaming<PortForwardFrame>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let frames = crate::portforward::open(req.into_inner()).await?;
+        Ok(Response::new(frames))
     }
 
     async fn container_stats(

@@ -268,6 +268,7 @@ async fn stdout_and_stderr_arrive_separately_and_in_order() {
             container_id: "io".into(),
             exec_id: String::new(),
             from_offset: 5,
+            live: false,
         })
         .await
         .unwrap()
@@ -536,6 +537,7 @@ async fn runtime_can_disconnect_and_reconnect() {
             container_id: "long".into(),
             exec_id: String::new(),
             from_offset: 0,
+            live: false,
         })
         .await
         .unwrap()
@@ -629,4 +631,74 @@ async fn sandbox_files_are_mounted_into_containers() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     a.delete("files").await;
+}
+
+/// PortForward: bytes both ways with a half-close in each direction, and a
+/// closed port refused. In host mode the loopback is the host's.
+#[tokio::test]
+async fn port_forward_copies_both_ways_and_refuses_closed_ports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut a) = agent("port_forward_copies_both_ways_and_refuses_closed_ports").await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The server reads to EOF (our half-close), then answers and closes.
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(&got.iter().rev().copied().collect::<Vec<u8>>())
+            .await
+            .unwrap();
+    });
+    let frames = vec![
+        PortForwardFrame {
+            port: port.into(),
+            data: b"abc".to_vec(),
+            eof: false,
+        },
+        PortForwardFrame {
+            data: b"def".to_vec(),
+            eof: true,
+            ..Default::default()
+        },
+    ];
+    let mut replies = a
+        .client
+        .port_forward(tokio_stream::iter(frames))
+        .await
+        .expect("PortForward")
+        .into_inner();
+    let mut data = Vec::new();
+    let mut eof = false;
+    while let Some(f) = replies.message().await.unwrap() {
+        data.extend_from_slice(&f.data);
+        eof |= f.eof;
+    }
+    assert_eq!(data, b"fedcba");
+    assert!(eof, "the server's close arrives as eof");
+    server.await.unwrap();
+
+    // Nothing listens on a port we just released.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let frames = vec![PortForwardFrame {
+        port: closed.into(),
+        ..Default::default()
+    }];
+    let err = a
+        .client
+        .port_forward(tokio_stream::iter(frames))
+        .await
+        .expect_err("a closed port");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let none = a
+        .client
+        .port_forward(tokio_stream::iter(vec![PortForwardFrame::default()]))
+        .await
+        .expect_err("port 0");
+    assert_eq!(none.code(), Code::InvalidArgument);
 }

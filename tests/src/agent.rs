@@ -215,6 +215,7 @@ impl HostAgent {
             container_id: id.into(),
             exec_id: exec_id.into(),
             from_offset: 0,
+            live: false,
         };
         let mut stream = self
             .client

@@ -15,6 +15,12 @@ pub type Images = ImageServiceClient<Channel>;
 /// The daemon binary built next to the test binaries (target/*/podvisor).
 pub fn daemon_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
+    // A bin (a benchmark) sits next to the daemon; a test one level down.
+    if let Some(beside) = exe.parent().map(|d| d.join("podvisor")) {
+        if beside.is_file() {
+            return beside;
+        }
+    }
     let dir = exe
         .parent()
         .and_then(Path::parent)

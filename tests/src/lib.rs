@@ -16,9 +16,11 @@ pub fn running_as_root(test: &str) -> bool {
 
 pub mod cpio;
 pub mod daemon;
+pub mod kubeproxy;
 pub mod nested;
 pub mod netns;
 pub mod nfs;
+pub mod streaming;
 pub mod vm;
 
 /// True when `what` is available. When not: outside CI the test prints why

@@ -181,6 +181,7 @@ impl TestVm {
             container_id: id.into(),
             exec_id: String::new(),
             from_offset: 0,
+            live: false,
         };
         let mut stream = self
             .agent

@@ -675,7 +675,16 @@ type Built = (Pid, ExitReceiver);
 impl Launch {
     fn prepare(bundle: &Path, name: &str, stdin: bool, tty: bool) -> Result<Self> {
         if tty {
-            let console = ConsoleSocket::listen(&bundle.join(format!("console-{name}.sock")))?;
+            // Not in the bundle: a unix socket path has at most 107 bytes,
+            // and a bundle named by a 64-character id leaves no room.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let state_dir = bundle.parent().and_then(Path::parent).unwrap_or(bundle);
+            let dir = state_dir.join("consoles");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(name, n, "console socket");
+            let console = ConsoleSocket::listen(&dir.join(format!("{n}.sock")))?;
             Ok(Launch {
                 pipes: None,
                 console: Some(console),

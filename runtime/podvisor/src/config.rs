@@ -13,6 +13,7 @@ use crate::hypervisor::{GuestImage, Hypervisor, VmError};
 use crate::image::RegistryConfig;
 use crate::network::NetworkConfig;
 use crate::policy::PolicyConfig;
+use crate::streaming::StreamingConfig;
 use crate::volume::efs::EfsConfig;
 use crate::volume::virtiofsd::VirtiofsdConfig;
 
@@ -38,6 +39,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Volumes mounted inside the pod VM (EFS and NFS).
     pub volumes: VolumesConfig,
+    /// The Exec/Attach/PortForward streaming server.
+    pub streaming: StreamingConfig,
 }
 
 /// `[volumes]`.
@@ -62,6 +65,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             network: NetworkConfig::default(),
             volumes: VolumesConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }

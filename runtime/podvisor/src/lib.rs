@@ -12,5 +12,6 @@ pub mod network;
 pub mod persist;
 pub mod policy;
 pub mod sandbox;
+pub mod streaming;
 pub mod tools;
 pub mod volume;

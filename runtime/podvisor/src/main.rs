@@ -119,10 +119,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "serving CRI");
 
+    let streaming = podvisor::streaming::StreamingServer::start(
+        &config.streaming,
+        containers.clone(),
+        sandboxes.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let runtime = Runtime {
         config: config.clone(),
         sandboxes,
         containers: containers.clone(),
+        streaming,
     };
     let image_service = Images { images, containers };
     let stop = async {

@@ -371,6 +371,7 @@ async fn run_container(
             container_id: id.into(),
             exec_id: String::new(),
             from_offset: 0,
+            live: false,
         })
         .await
         .map_err(|e| format!("read output of {id}: {e}"))?

@@ -65,6 +65,7 @@ async fn pump_once(container: &Container, pod: &Pod) -> std::result::Result<(), 
             container_id: record.id.clone(),
             exec_id: String::new(),
             from_offset: record.log_offset,
+            live: false,
         })
         .await
         .map_err(|s| s.message().to_string())?
@@ -180,6 +181,7 @@ async fn collect(agent: &mut Agent, container_id: &str, exec_id: &str) -> Result
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
             from_offset: 0,
+            live: false,
         })
         .await
         .map_err(agent_err("reading the command's output"))?

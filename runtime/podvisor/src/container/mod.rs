@@ -368,6 +368,7 @@ impl ContainerManager {
             log_path,
             tty: config.tty,
             stdin: config.stdin,
+            stdin_once: config.stdin_once,
             process: spec["process"].clone(),
             stop_signal: signal_number(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
             state: ContainerState::Created,
@@ -735,6 +736,25 @@ impl ContainerManager {
         let pod = self.ready_pod(&record.sandbox_id)?;
         let agent = pod.agent().await?;
         io::exec_sync(agent, &record, cmd, timeout).await
+    }
+
+    /// A running container's record and its pod's agent: what the
+    /// streaming calls (exec, attach) start from.
+    pub async fn running_with_agent(
+        &self,
+        id: &str,
+    ) -> Result<(ContainerRecord, crate::agent_client::Agent)> {
+        let container = self.get(id)?;
+        let record = self.refresh(&container);
+        if record.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is {:?}, not running",
+                record.id, record.state
+            )));
+        }
+        let pod = self.ready_pod(&record.sandbox_id)?;
+        let agent = pod.agent().await?;
+        Ok((record, agent))
     }
 
     pub async fn stats(

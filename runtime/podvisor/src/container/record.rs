@@ -50,6 +50,10 @@ pub struct ContainerRecord {
     pub log_path: String,
     pub tty: bool,
     pub stdin: bool,
+    /// The container's stdin closes when the first attached client closes
+    /// its stdin (older records lack it: false).
+    #[serde(default)]
+    pub stdin_once: bool,
     /// The OCI process the container runs; execs inherit user, env, cwd,
     /// capabilities and rlimits from it.
     pub process: serde_json::Value,

@@ -1,5 +1,5 @@
 //! CRI RuntimeService: pod sandboxes, their containers, runtime status.
-//! Exec, Attach and PortForward (the streaming calls) are not served yet.
+//! Exec, Attach and PortForward answer URLs on the streaming server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub sandboxes: Arc<SandboxManager>,
     pub containers: Arc<ContainerManager>,
+    pub streaming: Arc<crate::streaming::StreamingServer>,
 }
 
 fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -273,6 +274,26 @@ impl Runtime {
             }),
             windows: None,
         }
+    }
+}
+
+impl Runtime {
+    /// A running container, for Exec and Attach.
+    fn running(&self, id: &str) -> Result<ContainerRecord, Status> {
+        let record = self.containers.status(id)?;
+        if record.state != ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is {:?}, not running",
+                record.id, record.state
+            )));
+        }
+        Ok(record)
+    }
+
+    fn streaming_url(&self, request: crate::streaming::Request) -> Result<String, Status> {
+        self.streaming
+            .url_for(request)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 }
 
@@ -588,25 +609,69 @@ impl RuntimeService for Runtime {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn exec(
         &self,
-        _: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        unimplemented("Exec")
+        let req = req.into_inner();
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(Status::invalid_argument("Exec: cmd is empty"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "Exec: one of stdin, stdout and stderr must be set",
+            ));
+        }
+        let record = self.running(&req.container_id)?;
+        let url = self.streaming_url(crate::streaming::Request::Exec {
+            container_id: record.id,
+            cmd: req.cmd,
+            opts: crate::streaming::StreamOptions::new(req.stdin, req.stdout, req.stderr, req.tty),
+        })?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn attach(
         &self,
-        _: Request<cri::AttachRequest>,
+        req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        unimplemented("Attach")
+        let req = req.into_inner();
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "Attach: one of stdin, stdout and stderr must be set",
+            ));
+        }
+        let record = self.running(&req.container_id)?;
+        let url = self.streaming_url(crate::streaming::Request::Attach {
+            container_id: record.id,
+            opts: crate::streaming::StreamOptions::new(req.stdin, req.stdout, req.stderr, req.tty),
+        })?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().pod_sandbox_id))]
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let req = req.into_inner();
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!(
+                "PortForward: port {bad} is out of range"
+            )));
+        }
+        let pod = self.sandboxes.get(&req.pod_sandbox_id)?.record();
+        if pod.state != SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let url =
+            self.streaming_url(crate::streaming::Request::PortForward { sandbox_id: pod.id })?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(
