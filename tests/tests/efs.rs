@@ -574,6 +574,7 @@ async fn run_with_binds(
             container_id: id.into(),
             exec_id: String::new(),
             from_offset: 0,
+            live: false,
         })
         .await
         .expect("read output")
