@@ -171,6 +171,25 @@ pub async fn stop(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Durati
     }
 }
 
+/// Stops a pod VM: the agent stops the containers (SIGTERM, then SIGKILL
+/// after `grace`) and unmounts their volumes before it answers; the guest
+/// keeps nothing worth a clean shutdown after that, so the VM process is
+/// ended from the host rather than waiting for the guest kernel's reboot
+/// (seconds under emulation, all of it inside StopPodSandbox).
+pub async fn stop_pod(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Duration) -> Exit {
+    if vm.process.exited().is_none() {
+        let request = podvisor_proto::ShutdownRequest {
+            grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let answered =
+            tokio::time::timeout(grace + Duration::from_secs(5), agent.shutdown(request)).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            tracing::warn!(id = %vm.id, "the agent did not answer Shutdown; killing the VM");
+        }
+    }
+    vm.process.terminate(Duration::from_secs(2)).await
+}
+
 /// A running (or exited) pod VM.
 pub struct Vm {
     pub id: String,

@@ -391,7 +391,7 @@ impl SandboxManager {
         if let Some(vm) = live.vm.take() {
             match live.agent.take() {
                 Some(mut agent) => {
-                    hypervisor::stop(&vm, &mut agent, grace).await;
+                    hypervisor::stop_pod(&vm, &mut agent, grace).await;
                 }
                 None => {
                     vm.process.terminate(Duration::from_secs(2)).await;
