@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+pub use podvisor::volume::share::mounts_under;
+use podvisor::volume::share::unmount_tree;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub type Cri = RuntimeServiceClient<Channel>;
@@ -178,28 +180,6 @@ impl Drop for Daemon {
         let _ = std::fs::remove_dir_all(&self.run_dir);
         // Pod shares hold bind mounts (image layers, host paths): unmount
         // them before the temporary directory is deleted through them.
-        unmount_under(self.dir.path());
-    }
-}
-
-/// Mount points at or under `dir` (from /proc/self/mountinfo), deepest
-/// first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-fn unmount_under(dir: &Path) {
-    for _ in 0..4 {
-        for m in mounts_under(dir) {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_tree(self.dir.path());
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod hypervisor;
+pub mod ids;
 pub mod image;
 pub mod logs;
 pub mod network;

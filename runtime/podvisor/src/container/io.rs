@@ -125,7 +125,7 @@ pub(super) async fn exec_sync(
     cmd: Vec<String>,
     timeout: Option<Duration>,
 ) -> Result<ExecOutput> {
-    let exec_id = super::new_id()[..16].to_string();
+    let exec_id = crate::ids::random_id()?[..16].to_string();
     let mut process = record.process.clone();
     process["args"] = serde_json::json!(cmd);
     process["terminal"] = serde_json::json!(false);

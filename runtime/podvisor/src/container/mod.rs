@@ -9,7 +9,7 @@ mod io;
 mod record;
 pub mod spec;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,8 @@ use podvisor_proto::{
 use tonic::Code;
 
 use crate::config::Config;
+pub use crate::ids::now_ns;
+use crate::ids::random_id;
 use crate::image::{ImageError, ImageService};
 use crate::logs::CriLog;
 use crate::sandbox::{Pod, SandboxError, SandboxManager, SandboxState};
@@ -160,25 +162,6 @@ fn exit_record(exit: &ProcessExit) -> ExitRecord {
         reason: reason.into(),
         message,
     }
-}
-
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn new_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    // Falls back to the clock only if /dev/urandom is unreadable.
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_err()
-    {
-        bytes[..16].copy_from_slice(&now_ns().to_le_bytes().repeat(2));
-    }
-    hex::encode(bytes)
 }
 
 pub struct ContainerManager {
@@ -334,7 +317,7 @@ impl ContainerManager {
         })?;
         let layers = self.images.layers_for(&image.id)?;
 
-        let id = new_id();
+        let id = random_id()?;
         let share = pod.share();
         let result = self
             .create_in_vm(&pod, &id, &config, &image, &layers, &share)
@@ -362,8 +345,8 @@ impl ContainerManager {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| image.id.clone()),
-            labels: sorted(&config.labels),
-            annotations: sorted(&config.annotations),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
             mounts,
             log_path,
             tty: config.tty,
@@ -892,10 +875,6 @@ async fn wait_exit(container: Arc<Container>, pod: Arc<Pod>) {
             }
         }
     }
-}
-
-fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// `SIGTERM`, `TERM` or `15`, as an image's STOPSIGNAL may say.

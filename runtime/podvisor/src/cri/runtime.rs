@@ -248,7 +248,7 @@ impl Runtime {
                 .map(|v| v.value)
         });
         let usage = sum(&|s| s.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value));
-        let now = crate::container::now_ns();
+        let now = crate::ids::now_ns();
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: r.id.clone(),

@@ -8,7 +8,6 @@
 mod record;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +19,7 @@ use crate::agent_client::{self, Agent};
 use crate::config::Config;
 use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
+use crate::ids::{now_ns, random_id};
 use crate::network::{NetworkError, NetworkManager};
 use crate::volume::share::{self, PodShare};
 use crate::volume::virtiofsd::Virtiofsd;
@@ -148,18 +148,6 @@ pub struct SandboxManager {
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
-fn new_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
 impl SandboxManager {
     pub fn new(
         config: Arc<Config>,
@@ -219,7 +207,7 @@ impl SandboxManager {
     /// Boots the pod's VM and sets it up. On failure nothing is left.
     pub async fn run(&self, req: RunRequest) -> Result<String> {
         let m = &req.metadata;
-        let id = new_id()?;
+        let id = random_id()?;
         // Sockets live under a short run directory: unix socket paths are
         // limited to 107 bytes.
         let record = SandboxRecord {

@@ -100,7 +100,7 @@ enum Ended {
 fn new_exec_id() -> String {
     let mut raw = [0u8; 8];
     if getrandom::getrandom(&mut raw).is_err() {
-        raw = crate::container::now_ns().to_le_bytes();
+        raw = crate::ids::now_ns().to_le_bytes();
     }
     format!("stream-{}", hex::encode(raw))
 }

@@ -194,7 +194,7 @@ fn bind(source: &Path, target: &Path, readonly: bool, what: &'static str) -> Res
 }
 
 /// Mount points at or under `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return vec![];
     };
@@ -209,7 +209,9 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn unmount_tree(dir: &Path) {
+/// Lazily unmounts everything at or under `dir`, repeating for paths
+/// mounted over more than once.
+pub fn unmount_tree(dir: &Path) {
     // A path can be mounted over more than once; unmount until it is not.
     for _ in 0..8 {
         let mounts = mounts_under(dir);
