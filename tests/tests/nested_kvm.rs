@@ -133,6 +133,10 @@ fn l1_died(error: &str) -> bool {
         "Kernel panic",
         "soft lockup",
         "BUG:",
+        // Every step bounds itself well inside its deadline (kvm-smoke's
+        // own --timeout), so silence past the deadline is L1 hanging: seen
+        // once in ~20 CI runs with a 2-vCPU L2 under emulated SVM.
+        "no answer from L1 in time",
     ]
     .iter()
     .any(|sign| error.contains(sign))
@@ -188,12 +192,12 @@ fn kvm_backend_boots_the_guest_under_nested_kvm() {
         (
             "kvm-smoke --vcpus 1",
             &["--vcpus", "1", "--timeout", "120"],
-            240,
+            180,
         ),
         (
             "kvm-smoke --vcpus 2",
             &["--vcpus", "2", "--timeout", "120"],
-            240,
+            180,
         ),
     ];
     for (what, args, timeout) in steps {
@@ -253,7 +257,9 @@ fn kvm_backend_boots_the_guest_under_nested_kvm() {
     }
     // The daemon itself, kvm backend, CRI end to end.
     let podvisor = Path::new(KVM_SMOKE).with_file_name("podvisor");
-    if let Some(vm) = l1.as_mut() {
+    // A fresh L1 if an earlier step lost it.
+    {
+        let vm = l1.get_or_insert_with(|| boot(&mut timings));
         match vm.run_script(&cri_flow_script(&podvisor), Duration::from_secs(600)) {
             Ok(out) => {
                 timings.push(format!(
@@ -266,8 +272,6 @@ fn kvm_backend_boots_the_guest_under_nested_kvm() {
             }
             Err(e) => failures.push(format!("CRI flow with backend = kvm: {e}")),
         }
-    } else {
-        failures.push("CRI flow with backend = kvm: no L1 left to run it in".into());
     }
     if let Some(vm) = l1.take() {
         match vm.shutdown() {
