@@ -37,6 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Python packages the tests drive podvisor with: grpcio (gRPC C-core) is a
+# CRI client podvisor did not write.
+if ! python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check \
+        -r tests/interop/requirements.txt; then
+    echo "install-deps.sh: pip install -r tests/interop/requirements.txt failed" >&2
+    exit 1
+fi
+
 # A real kubectl (unpacked, not installed) for the streaming tests; without
 # it only that test fails, naming this script.
 ./scripts/fetch-kubectl.sh || echo "install-deps.sh: warning: scripts/fetch-kubectl.sh failed" >&2

@@ -148,7 +148,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(image_service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |conn| conn.map(podvisor::cri::authority::AuthorityFix::new),
+            ),
             stop,
         )
         .await

@@ -1,6 +1,7 @@
 //! The CRI v1 gRPC services kubelet and crictl talk to: request
 //! validation, and the mapping of module errors onto gRPC codes.
 
+pub mod authority;
 pub mod image;
 pub mod runtime;
 
