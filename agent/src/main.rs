@@ -135,6 +135,8 @@ async fn serve(cli: Cli, mode: Mode) -> Result<(), String> {
         state_dir: cli.state_dir.clone(),
         cgroups_parent: cli.cgroup_parent,
         rlimit_ceiling: rlimit_ceiling(),
+        // Only inside a pod VM are /dev's devices the guest's own.
+        devices: (mode == Mode::Guest).then(|| PathBuf::from("/dev")),
     };
     let containers = Arc::new(ContainerManager::new(config, reaper).map_err(|e| e.to_string())?);
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel(1);

@@ -13,6 +13,11 @@ pub mod v1 {
 
     /// Name of the virtio-serial port the agent opens on the qemu backend.
     pub const AGENT_SERIAL_PORT_NAME: &str = "podvisor.agent";
+
+    /// OCI spec annotation (value "true") by which the runtime asks for a
+    /// privileged container: the agent gives it the guest's devices. The
+    /// rest of what privileged means is in the spec itself.
+    pub const PRIVILEGED_ANNOTATION: &str = "io.podvisor.privileged";
 }
 
 pub use v1::*;

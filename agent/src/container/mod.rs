@@ -45,6 +45,10 @@ pub struct ManagerConfig {
     /// Parent of each container's cgroup unless its spec names one.
     pub cgroups_parent: String,
     pub rlimit_ceiling: RlimitCeiling,
+    /// Where a privileged container's devices come from: the guest's /dev.
+    /// None in host test mode, which refuses privileged containers rather
+    /// than hand out the host's devices.
+    pub devices: Option<PathBuf>,
 }
 
 /// The final word on how a process ended.
@@ -333,6 +337,7 @@ impl ContainerManager {
                 sandbox_files: &files,
                 tty: req.tty,
                 ceiling: self.config.rlimit_ceiling,
+                devices: self.config.devices.as_deref(),
             },
         )
         .and_then(|()| {

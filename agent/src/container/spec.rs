@@ -61,6 +61,8 @@ pub struct SpecContext<'a> {
     pub sandbox_files: &'a SandboxFiles,
     pub tty: bool,
     pub ceiling: RlimitCeiling,
+    /// The guest's /dev, for privileged containers (None: refuse them).
+    pub devices: Option<&'a Path>,
 }
 
 pub fn parse_spec(json: &[u8]) -> Result<Spec> {
@@ -137,8 +139,95 @@ pub fn prepare_spec(spec: &mut Spec, ctx: &SpecContext<'_>) -> Result<()> {
     if linux.readonly_paths().is_none() {
         linux.set_readonly_paths(Some(get_default_readonly_paths()));
     }
+    if is_privileged(spec) {
+        let root = ctx.devices.ok_or_else(|| {
+            AgentError::FailedPrecondition(
+                "a privileged container gets the VM's devices, so it runs only inside a pod VM, not in host test mode".into(),
+            )
+        })?;
+        let mut devices = linux.devices().clone().unwrap_or_default();
+        devices.extend(guest_devices(root)?);
+        linux.set_devices(Some(devices));
+    }
     spec.set_linux(Some(linux));
     Ok(())
+}
+
+fn device_number(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| AgentError::MalformedSpec(format!("device number {n} out of range")))
+}
+
+fn is_privileged(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(podvisor_proto::PRIVILEGED_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
+
+/// Directories under /dev that are mounted anew in every container.
+const PER_CONTAINER_DEV_DIRS: &[&str] = &["pts", "shm", "mqueue"];
+/// Device names that are the agent's own channel to the runtime; no
+/// container, however privileged, gets them.
+const AGENT_CHANNEL_DEVICES: &[&str] = &["vsock", "vhost-vsock", "virtio-ports", "hvc0"];
+/// Bounds the walk of a /dev that something in the guest may have filled.
+const MAX_DEVICES: usize = 4096;
+
+/// Every character and block device under `root`, as OCI devices at the
+/// same paths, for a privileged container.
+fn guest_devices(root: &Path) -> Result<Vec<oci_spec::runtime::LinuxDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| AgentError::io(format!("listing {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                if !(dir == root && PER_CONTAINER_DEV_DIRS.contains(&name.as_str()))
+                    && !AGENT_CHANNEL_DEVICES.contains(&name.as_str())
+                {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let typ = if kind.is_char_device() {
+                oci_spec::runtime::LinuxDeviceType::C
+            } else if kind.is_block_device() {
+                oci_spec::runtime::LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            if AGENT_CHANNEL_DEVICES.contains(&name.as_str()) || name.starts_with("vport") {
+                continue;
+            }
+            if out.len() == MAX_DEVICES {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "the guest's {} holds more than {MAX_DEVICES} devices",
+                    root.display()
+                )));
+            }
+            let rdev = meta.rdev();
+            let device = oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path(Path::new("/dev").join(path.strip_prefix(root).unwrap_or(&path)))
+                .typ(typ)
+                .major(device_number(nix::sys::stat::major(rdev))?)
+                .minor(device_number(nix::sys::stat::minor(rdev))?)
+                .file_mode(meta.mode() & 0o7777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(|e| AgentError::MalformedSpec(e.to_string()))?;
+            out.push(device);
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(out)
 }
 
 /// Adjusts the process of an exec in place; missing fields are inherited
@@ -310,6 +399,7 @@ mod tests {
             sandbox_files: files,
             tty: false,
             ceiling,
+            devices: None,
         }
     }
 
@@ -452,5 +542,68 @@ mod tests {
         assert_eq!(limit(&exec, PosixRlimitType::RlimitNofile), (1024, 65535));
         assert_eq!(exec.terminal(), Some(true));
         assert_eq!(exec.env(), container.env());
+    }
+
+    #[test]
+    fn privileged_containers_get_the_guests_devices_but_not_the_agents_channel() {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED privileged_containers_get_the_guests_devices: mknod needs root");
+            return;
+        }
+        let dev = tempfile::tempdir().unwrap();
+        let node = |rel: &str, major: u64, minor: u64| {
+            let path = dev.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(major, minor)).unwrap();
+            // Not through mknod's mode, which the umask trims.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o620)).unwrap();
+        };
+        node("null", 1, 3);
+        node("net/tun", 10, 200);
+        node("pts/0", 136, 0);
+        node("vport1p1", 245, 1);
+        node("vsock", 10, 121);
+        std::fs::write(dev.path().join("notes"), "not a device").unwrap();
+        std::fs::create_dir(dev.path().join("block")).unwrap();
+        mknod(
+            &dev.path().join("block/vda"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            makedev(254, 0),
+        )
+        .unwrap();
+
+        let mut spec = minimal_spec();
+        let annotations = [(podvisor_proto::PRIVILEGED_ANNOTATION.to_string(), "true".to_string())];
+        spec.set_annotations(Some(annotations.into_iter().collect()));
+        let files = SandboxFiles::default();
+        let mut refused = spec.clone();
+        let err = prepare_spec(&mut refused, &ctx(&files, RlimitCeiling::default())).unwrap_err();
+        assert!(matches!(err, AgentError::FailedPrecondition(_)), "{err}");
+
+        let context = SpecContext {
+            devices: Some(dev.path()),
+            ..ctx(&files, RlimitCeiling::default())
+        };
+        prepare_spec(&mut spec, &context).unwrap();
+        let devices = spec.linux().as_ref().unwrap().devices().clone().unwrap();
+        let listed: Vec<(String, i64, i64)> = devices
+            .iter()
+            .map(|d| (d.path().display().to_string(), d.major(), d.minor()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("/dev/block/vda".to_string(), 254, 0),
+                ("/dev/net/tun".to_string(), 10, 200),
+                ("/dev/null".to_string(), 1, 3),
+            ]
+        );
+        assert_eq!(devices[2].file_mode(), Some(0o620));
+
+        let mut plain = minimal_spec();
+        prepare_spec(&mut plain, &context).unwrap();
+        assert!(plain.linux().as_ref().unwrap().devices().is_none());
     }
 }

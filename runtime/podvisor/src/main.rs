@@ -44,7 +44,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
-    /// List the admission rules, one line each.
+    /// List the admission rules, one line each, and which the configured
+    /// `policy.mode` enforces.
     Explain,
 }
 
@@ -59,7 +60,13 @@ async fn main() {
         command: PolicyCommand::Explain,
     }) = cli.command
     {
-        print!("{}", podvisor::policy::explain());
+        match Config::load(&cli.config) {
+            Ok(config) => print!("{}", podvisor::policy::explain(config.policy.mode)),
+            Err(e) => {
+                eprintln!("podvisor: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     tracing_subscriber::fmt()

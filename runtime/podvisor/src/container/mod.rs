@@ -547,9 +547,15 @@ impl ContainerManager {
     }
 
     /// Signals the main process, waits up to `timeout`, then kills every
-    /// process of the container.
+    /// process of the container. An
+    /// unknown or already exited container is not an error: kubelet
+    /// retries stops and expects them to be idempotent.
     pub async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
-        let container = self.get(id)?;
+        let container = match self.get(id) {
+            Ok(c) => c,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let _op = container.op.lock().await;
         self.stop_locked(&container, timeout).await
     }

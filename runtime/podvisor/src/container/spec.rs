@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_cri::v1 as cri;
+use podvisor_proto::PRIVILEGED_ANNOTATION;
 use serde_json::{json, Value};
 
 use crate::image::RuntimeConfig;
@@ -28,6 +29,52 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+];
+
+/// Every capability of the guest kernel (Linux 6.1: 0 to 40), for a
+/// privileged container.
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -87,7 +134,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         return Err(SpecError::RelativeWorkingDir(cwd.to_string()));
     }
     let user = resolve_user(&security, &input.image.user, input.layers)?;
-    let caps = capabilities(security.capabilities.as_ref());
+    // Privileged (allowed only in policy mode `vm`) means privileged in the
+    // guest: every capability, no masked or read-only paths, writable /sys
+    // and cgroupfs, every device of the VM. The VM stays the boundary.
+    let privileged = security.privileged;
+    let caps = if privileged {
+        ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+    } else {
+        capabilities(security.capabilities.as_ref())
+    };
 
     let mut process = json!({
         "terminal": config.tty,
@@ -136,15 +191,25 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         .iter()
         .map(|t| json!({ "type": t }))
         .collect();
+    let mut oci_resources = oci_resources(&resources);
+    if privileged {
+        oci_resources["devices"] = json!([{ "allow": true, "access": "rwm" }]);
+    }
     let mut linux_spec = json!({
-        "resources": oci_resources(&resources),
+        "resources": oci_resources,
         "namespaces": namespaces,
     });
-    if !security.masked_paths.is_empty() {
-        linux_spec["maskedPaths"] = json!(security.masked_paths);
-    }
-    if !security.readonly_paths.is_empty() {
-        linux_spec["readonlyPaths"] = json!(security.readonly_paths);
+    if privileged {
+        // Empty, not absent: absent gets the agent's defaults.
+        linux_spec["maskedPaths"] = json!([]);
+        linux_spec["readonlyPaths"] = json!([]);
+    } else {
+        if !security.masked_paths.is_empty() {
+            linux_spec["maskedPaths"] = json!(security.masked_paths);
+        }
+        if !security.readonly_paths.is_empty() {
+            linux_spec["readonlyPaths"] = json!(security.readonly_paths);
+        }
     }
 
     let mut spec = json!({
@@ -154,12 +219,15 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         "hostname": input.hostname,
         "linux": linux_spec,
     });
-    if !mounts.is_empty() {
-        // The agent adds the default mounts (/proc, /dev, ...) around these.
-        spec["mounts"] = json!(default_mounts()
+    if !mounts.is_empty() || privileged {
+        // Without mounts the agent adds the default ones (/proc, /dev, ...).
+        spec["mounts"] = json!(default_mounts(privileged)
             .into_iter()
             .chain(mounts)
             .collect::<Vec<_>>());
+    }
+    if privileged {
+        spec["annotations"] = json!({ PRIVILEGED_ANNOTATION: "true" });
     }
     Ok(spec)
 }
@@ -280,15 +348,16 @@ pub fn update_resources(r: &cri::LinuxContainerResources) -> Value {
 
 /// What the agent would add if the spec had no mounts; given explicitly
 /// when the spec lists mounts of its own.
-fn default_mounts() -> Vec<Value> {
+fn default_mounts(privileged: bool) -> Vec<Value> {
+    let sys = if privileged { "rw" } else { "ro" };
     vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys]}),
     ]
 }
 
@@ -579,5 +648,64 @@ mod tests {
             build(&input),
             Err(SpecError::RelativeWorkingDir("app".into()))
         );
+    }
+
+    fn spec_with_security(security: cri::LinuxContainerSecurityContext) -> Value {
+        let cfg = cri::ContainerConfig {
+            command: vec!["sh".into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(security),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        build(&SpecInput {
+            config: &cfg,
+            image_name: "img",
+            image: &RuntimeConfig::default(),
+            layers: &[],
+            hostname: "",
+            mounts: &[],
+            limits: &LimitsConfig::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_privileged_container_is_privileged_inside_the_guest() {
+        let spec = spec_with_security(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(caps.len(), ALL_CAPABILITIES.len());
+        assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
+        assert!(caps.contains(&json!("CAP_NET_ADMIN")));
+        assert_eq!(spec["linux"]["maskedPaths"], json!([]));
+        assert_eq!(spec["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(
+            spec["linux"]["resources"]["devices"],
+            json!([{ "allow": true, "access": "rwm" }])
+        );
+        assert_eq!(spec["annotations"][PRIVILEGED_ANNOTATION], json!("true"));
+        let sys = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
+    }
+
+    #[test]
+    fn an_ordinary_container_keeps_the_defaults() {
+        let spec = spec_with_security(cri::LinuxContainerSecurityContext::default());
+        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
+        assert!(spec["linux"].get("maskedPaths").is_none(), "agent defaults");
+        assert!(spec["linux"]["resources"].get("devices").is_none());
+        assert!(spec.get("annotations").is_none());
+        assert!(spec.get("mounts").is_none(), "agent defaults");
     }
 }

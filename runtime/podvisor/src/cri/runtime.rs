@@ -511,7 +511,9 @@ impl RuntimeService for Runtime {
         if let Some(m) = &config.metadata {
             tracing::Span::current().record("container", m.name.as_str());
         }
-        crate::policy::admit_container(req.sandbox_config.as_ref(), &config)?;
+        self.config
+            .policy
+            .admit_container(req.sandbox_config.as_ref(), &config)?;
         let id = self.containers.create(&req.pod_sandbox_id, config).await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, NamespaceOption, PodSandboxConfig};
 
-use super::PolicyError;
+use super::{PolicyError, PolicyMode};
 
 /// The label the DaemonSet controller puts on every pod it creates.
 /// `controller-revision-hash` is no use here: StatefulSet pods carry it too.
@@ -71,7 +71,7 @@ impl Rule {
     pub fn explanation(self) -> &'static str {
         match self {
             Rule::Privileged => {
-                "privileged sandboxes and containers are refused: a pod VM has no host devices or host privileges to give"
+                "privileged sandboxes and containers: a pod VM has no host devices or host privileges to give (in mode vm they are privileged inside their VM)"
             }
             Rule::HostNetwork => {
                 "hostNetwork is refused: each pod has its own network interface in its own VM"
@@ -82,13 +82,13 @@ impl Rule {
                 "hostPort is refused: a pod is reached on its own IP, never on a port of the node"
             }
             Rule::DaemonSet => {
-                "DaemonSet pods (label pod-template-generation) are refused: there is no node to run them on"
+                "DaemonSet pods (label pod-template-generation): Fargate has no node to run them on (mode vm runs them)"
             }
             Rule::HostDevice => {
                 "host devices, CDI devices (GPUs) and mounts from the host's /dev are refused: a pod VM gets only virtio devices"
             }
             Rule::Capability => {
-                "adding any capability but SYS_PTRACE is refused, as on Fargate"
+                "adding any capability but SYS_PTRACE is refused, as on Fargate (in mode vm any capability holds inside the VM)"
             }
         }
     }
@@ -100,20 +100,41 @@ impl fmt::Display for Rule {
     }
 }
 
-/// The text of `podvisor policy explain`: every rule, one per line.
-pub fn explain() -> String {
-    let mut out = String::new();
+/// The text of `podvisor policy explain`: every rule, one per line, with
+/// the modes that enforce it; `current` is marked.
+pub fn explain(current: PolicyMode) -> String {
+    let mut out = format!(
+        "policy.mode = \"{}\" (modes: {})\n",
+        current.name(),
+        PolicyMode::ALL.map(PolicyMode::name).join(", ")
+    );
     for rule in Rule::ALL {
-        out.push_str(&format!("{:<14} {}\n", rule.name(), rule.explanation()));
+        let modes: Vec<&str> = PolicyMode::ALL
+            .into_iter()
+            .filter(|m| m.enforces(rule))
+            .map(PolicyMode::name)
+            .collect();
+        let state = if current.enforces(rule) {
+            "refused"
+        } else {
+            "allowed"
+        };
+        out.push_str(&format!(
+            "{:<14} {:<8} [{}] {}\n",
+            rule.name(),
+            state,
+            modes.join(","),
+            rule.explanation()
+        ));
     }
     out
 }
 
 /// The sandbox-level rules, for RunPodSandbox.
-pub fn admit_sandbox(pod: &PodSandboxConfig) -> Result<(), PolicyError> {
+pub fn admit_sandbox(pod: &PodSandboxConfig, mode: PolicyMode) -> Result<(), PolicyError> {
     let subject = || pod_subject(pod);
     let security = pod.linux.as_ref().and_then(|l| l.security_context.as_ref());
-    if security.is_some_and(|s| s.privileged) {
+    if mode.enforces(Rule::Privileged) && security.is_some_and(|s| s.privileged) {
         return Err(forbid(
             Rule::Privileged,
             subject(),
@@ -131,7 +152,11 @@ pub fn admit_sandbox(pod: &PodSandboxConfig) -> Result<(), PolicyError> {
             ),
         ));
     }
-    if let Some(generation) = pod.labels.get(DAEMONSET_POD_LABEL) {
+    if let Some(generation) = pod
+        .labels
+        .get(DAEMONSET_POD_LABEL)
+        .filter(|_| mode.enforces(Rule::DaemonSet))
+    {
         return Err(forbid(
             Rule::DaemonSet,
             subject(),
@@ -146,13 +171,14 @@ pub fn admit_sandbox(pod: &PodSandboxConfig) -> Result<(), PolicyError> {
 pub fn admit_container(
     pod: Option<&PodSandboxConfig>,
     container: &ContainerConfig,
+    mode: PolicyMode,
 ) -> Result<(), PolicyError> {
     let subject = || container_subject(pod, container);
     let security = container
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
-    if security.is_some_and(|s| s.privileged) {
+    if mode.enforces(Rule::Privileged) && security.is_some_and(|s| s.privileged) {
         return Err(forbid(
             Rule::Privileged,
             subject(),
@@ -184,7 +210,10 @@ pub fn admit_container(
             ),
         ));
     }
-    if let Some(caps) = security.and_then(|s| s.capabilities.as_ref()) {
+    let caps = security
+        .and_then(|s| s.capabilities.as_ref())
+        .filter(|_| mode.enforces(Rule::Capability));
+    if let Some(caps) = caps {
         let added = caps
             .add_capabilities
             .iter()
@@ -366,7 +395,7 @@ mod tests {
         p.labels.insert("pod-template-hash".into(), "7f9c".into());
         p.labels
             .insert("controller-revision-hash".into(), "abc".into());
-        assert_eq!(admit_sandbox(&p), Ok(()));
+        assert_eq!(admit_sandbox(&p, PolicyMode::Fargate), Ok(()));
 
         let mut c = with_caps(&["SYS_PTRACE", "cap_sys_ptrace"], &["CAP_SYS_PTRACE"]);
         if let Some(s) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
@@ -381,8 +410,8 @@ mod tests {
             mount("/devices", "/data"),
             mount("", "/image-volume"),
         ];
-        assert_eq!(admit_container(Some(&p), &c), Ok(()));
-        assert_eq!(admit_container(None, &container("bare")), Ok(()));
+        assert_eq!(admit_container(Some(&p), &c, PolicyMode::Fargate), Ok(()));
+        assert_eq!(admit_container(None, &container("bare"), PolicyMode::Fargate), Ok(()));
     }
 
     #[test]
@@ -391,7 +420,7 @@ mod tests {
             privileged: true,
             ..Default::default()
         });
-        let err = admit_sandbox(&p).unwrap_err();
+        let err = admit_sandbox(&p, PolicyMode::Fargate).unwrap_err();
         assert_eq!(refused_rule(Err(err.clone())), Rule::Privileged);
         let message = err.to_string();
         assert!(message.contains("`privileged`"), "{message}");
@@ -404,7 +433,7 @@ mod tests {
             privileged: true,
             ..Default::default()
         });
-        let err = admit_container(Some(&pod("web", "prod", &[])), &c).unwrap_err();
+        let err = admit_container(Some(&pod("web", "prod", &[])), &c, PolicyMode::Fargate).unwrap_err();
         assert_eq!(refused_rule(Err(err.clone())), Rule::Privileged);
         let message = err.to_string();
         assert!(
@@ -424,12 +453,12 @@ mod tests {
                 namespace_options: Some(ns.clone()),
                 ..Default::default()
             });
-            assert_eq!(refused_rule(admit_sandbox(&p)), rule);
+            assert_eq!(refused_rule(admit_sandbox(&p, PolicyMode::Fargate)), rule);
             let c = container_with_security(LinuxContainerSecurityContext {
                 namespace_options: Some(ns),
                 ..Default::default()
             });
-            assert_eq!(refused_rule(admit_container(None, &c)), rule);
+            assert_eq!(refused_rule(admit_container(None, &c, PolicyMode::Fargate)), rule);
         }
     }
 
@@ -449,9 +478,77 @@ mod tests {
             ],
             ..pod("web", "prod", &[])
         };
-        let err = admit_sandbox(&p).unwrap_err();
+        let err = admit_sandbox(&p, PolicyMode::Fargate).unwrap_err();
         assert!(err.to_string().contains("host port 8443"), "{err}");
         assert_eq!(refused_rule(Err(err)), Rule::HostPort);
+    }
+
+    #[test]
+    fn vm_mode_admits_privileged_capabilities_and_daemonsets_but_not_the_node() {
+        let vm = PolicyMode::Vm;
+        let privileged_pod = pod_with_security(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        assert_eq!(admit_sandbox(&privileged_pod, vm), Ok(()));
+        let privileged = container_with_security(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        assert_eq!(admit_container(None, &privileged, vm), Ok(()));
+        let admin = with_caps(&["NET_ADMIN", "SYS_ADMIN"], &["NET_RAW"]);
+        assert_eq!(admit_container(None, &admin, vm), Ok(()));
+        let daemon = pod("agent", "kube-system", &[("pod-template-generation", "3")]);
+        assert_eq!(admit_sandbox(&daemon, vm), Ok(()));
+
+        for (ns, rule) in [
+            (node_ns(true, false, false), Rule::HostNetwork),
+            (node_ns(false, true, false), Rule::HostPid),
+            (node_ns(false, false, true), Rule::HostIpc),
+        ] {
+            let p = pod_with_security(LinuxSandboxSecurityContext {
+                privileged: true,
+                namespace_options: Some(ns),
+                ..Default::default()
+            });
+            assert_eq!(refused_rule(admit_sandbox(&p, vm)), rule);
+        }
+        let host_port = PodSandboxConfig {
+            port_mappings: vec![PortMapping {
+                container_port: 80,
+                host_port: 80,
+                ..Default::default()
+            }],
+            ..pod("web", "prod", &[])
+        };
+        assert_eq!(refused_rule(admit_sandbox(&host_port, vm)), Rule::HostPort);
+        let mut gpu = container("gpu");
+        gpu.devices = vec![Device {
+            host_path: "/dev/nvidia0".into(),
+            ..Default::default()
+        }];
+        assert_eq!(refused_rule(admit_container(None, &gpu, vm)), Rule::HostDevice);
+    }
+
+    #[test]
+    fn explain_marks_what_the_current_mode_refuses() {
+        let text = explain(PolicyMode::Vm);
+        assert!(text.starts_with("policy.mode = \"vm\""), "{text}");
+        let line = |rule: &str| {
+            text.lines()
+                .find(|l| l.starts_with(rule))
+                .unwrap_or_else(|| panic!("{rule} missing: {text}"))
+                .to_string()
+        };
+        let words = |rule: &str| -> Vec<String> {
+            line(rule).split_whitespace().take(3).map(String::from).collect()
+        };
+        assert_eq!(words("privileged"), ["privileged", "allowed", "[fargate]"]);
+        assert_eq!(words("host-pid"), ["host-pid", "refused", "[fargate,vm]"]);
+        assert!(explain(PolicyMode::Fargate)
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("refused")));
     }
 
     #[test]
@@ -461,7 +558,7 @@ mod tests {
             "kube-system",
             &[("pod-template-generation", "1")],
         );
-        assert_eq!(refused_rule(admit_sandbox(&p)), Rule::DaemonSet);
+        assert_eq!(refused_rule(admit_sandbox(&p, PolicyMode::Fargate)), Rule::DaemonSet);
     }
 
     #[test]
@@ -473,7 +570,7 @@ mod tests {
             permissions: "rwm".into(),
         }];
         assert_eq!(
-            refused_rule(admit_container(None, &with_device)),
+            refused_rule(admit_container(None, &with_device, PolicyMode::Fargate)),
             Rule::HostDevice
         );
 
@@ -482,7 +579,7 @@ mod tests {
             name: "nvidia.com/gpu=0".into(),
         }];
         assert_eq!(
-            refused_rule(admit_container(None, &with_cdi)),
+            refused_rule(admit_container(None, &with_cdi, PolicyMode::Fargate)),
             Rule::HostDevice
         );
 
@@ -499,7 +596,7 @@ mod tests {
             let mut c = container("app");
             c.mounts = vec![mount(host_path, "/mnt")];
             assert_eq!(
-                refused_rule(admit_container(None, &c)),
+                refused_rule(admit_container(None, &c, PolicyMode::Fargate)),
                 Rule::HostDevice,
                 "{host_path}"
             );
@@ -515,7 +612,7 @@ mod tests {
             (&[][..], &["NET_RAW"][..]),
             (&["SYS_PTRACEX"][..], &[][..]),
         ] {
-            let err = admit_container(None, &with_caps(add, ambient)).unwrap_err();
+            let err = admit_container(None, &with_caps(add, ambient), PolicyMode::Fargate).unwrap_err();
             assert!(err.to_string().contains("SYS_PTRACE"), "{err}");
             assert_eq!(
                 refused_rule(Err(err)),
@@ -535,7 +632,7 @@ mod tests {
             " SYS_PTRACE ",
         ] {
             assert_eq!(
-                admit_container(None, &with_caps(&[name], &[])),
+                admit_container(None, &with_caps(&[name], &[]), PolicyMode::Fargate),
                 Ok(()),
                 "{name}"
             );
@@ -544,8 +641,8 @@ mod tests {
 
     #[test]
     fn explain_lists_every_rule_once() {
-        let text = explain();
-        assert_eq!(text.lines().count(), Rule::ALL.len());
+        let text = explain(PolicyMode::Fargate);
+        assert_eq!(text.lines().count(), Rule::ALL.len() + 1, "a mode line, then the rules");
         for rule in Rule::ALL {
             let line = text
                 .lines()

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::{deserialize_limits, LimitsConfig};
 use super::profile::{deserialize_profiles, validate_profiles, Profile};
-use super::PolicyConfigError;
+use super::{PolicyConfigError, PolicyMode};
 
 /// Profiles and limits; every key optional. Loading validates it (a bad
 /// `[policy]` fails `Config::parse`), and `validate` checks one built in
@@ -12,6 +12,9 @@ use super::PolicyConfigError;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// `fargate` (every rule) or `vm` (what stays inside the VM is
+    /// honoured there).
+    pub mode: PolicyMode,
     /// Checked in order; the first whose selector matches a pod is its
     /// profile.
     #[serde(deserialize_with = "deserialize_profiles")]
@@ -23,6 +26,7 @@ pub struct PolicyConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
+            mode: PolicyMode::Fargate,
             profiles: vec![Profile::default_profile()],
             limits: LimitsConfig::default(),
         }

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod glob;
 mod limits;
+mod mode;
 mod profile;
 mod sizing;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub use admission::{
 };
 pub use config::PolicyConfig;
 pub use error::{PolicyConfigError, PolicyError};
+pub use mode::PolicyMode;
 pub use limits::{LimitsConfig, Rlimit, DEFAULT_RLIMIT_HARD, DEFAULT_RLIMIT_SOFT};
 pub use profile::{select_profile, Profile, Selector, MAX_SELECTORS, PROFILE_ANNOTATION};
 pub use sizing::{
@@ -57,12 +59,23 @@ impl PolicyConfig {
     /// plus `overhead`).
     pub fn admit_pod(&self, pod: &PodSandboxConfig) -> Result<PodAdmission, PolicyError> {
         let profile = select_profile(&self.profiles, pod)?;
-        admit_sandbox(pod)?;
+        admit_sandbox(pod, self.mode)?;
         let size = size(Request::of_sandbox(pod.linux.as_ref()))?;
         Ok(PodAdmission {
             profile: profile.name.clone(),
             size,
         })
+    }
+}
+
+impl PolicyConfig {
+    /// The container rules of CreateContainer, in this node's mode.
+    pub fn admit_container(
+        &self,
+        pod: Option<&PodSandboxConfig>,
+        container: &k8s_cri::v1::ContainerConfig,
+    ) -> Result<(), PolicyError> {
+        admit_container(pod, container, self.mode)
     }
 }
 
