@@ -409,3 +409,203 @@ async fn fargate_rules_admit_size_and_limit_pods_in_netns() {
         );
     }
 }
+
+/// Exit code, stdout and stderr of `sh -c script` in a container.
+async fn exec_status(cri: &mut Cri, id: &str, script: &str) -> (i32, String) {
+    let r = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"))
+        .into_inner();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    (r.exit_code, out)
+}
+
+async fn create_with_security(
+    cri: &mut Cri,
+    pod_id: &str,
+    sandbox: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    security: cri::LinuxContainerSecurityContext,
+) -> Result<String, tonic::Status> {
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(security),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(id)
+}
+
+#[test]
+fn vm_mode_honours_privileged_containers_inside_the_vm() {
+    podvisor_tests::netns::isolated(
+        "vm_mode_honours_privileged_containers_inside_the_vm",
+        vm_mode_honours_privileged_containers_inside_the_vm_in_netns(),
+    );
+}
+
+async fn vm_mode_honours_privileged_containers_inside_the_vm_in_netns() {
+    let test = "vm_mode_honours_privileged_containers_inside_the_vm";
+    let registry_ready = podvisor_tests::prerequisite(
+        test,
+        "docker-registry",
+        LocalRegistry::available(),
+        "apt-get install docker-registry",
+    );
+    if !qemu_ready(test) || !registry_ready {
+        return;
+    }
+    let registry = LocalRegistry::start();
+    registry
+        .push("policy/busybox", "1", &busybox_image("", "/"))
+        .await;
+    let image = format!("{}/policy/busybox:1", registry.addr());
+    let (daemon, mut cri) = Daemon::start_with(
+        "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n[policy]\nmode = \"vm\"\n",
+    )
+    .await;
+
+    // What would reach the node stays refused in mode vm.
+    let mut host_pid = pod("hostpid", "default", &[]);
+    host_pid.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    refused(&mut cri, &daemon, host_pid, "host-pid").await;
+
+    let mut sandbox = pod("privileged", "default", &[("pod-template-generation", "1")]);
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = run(&mut cri, sandbox.clone())
+        .await
+        .expect("a privileged DaemonSet pod runs in mode vm");
+    let privileged = create_with_security(
+        &mut cri,
+        &pod_id,
+        &sandbox,
+        &image,
+        "privileged",
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a privileged container runs in mode vm");
+    let plain = create_with_security(
+        &mut cri,
+        &pod_id,
+        &sandbox,
+        &image,
+        "plain",
+        cri::LinuxContainerSecurityContext::default(),
+    )
+    .await
+    .unwrap();
+    let net_admin = create_with_security(
+        &mut cri,
+        &pod_id,
+        &sandbox,
+        &image,
+        "net-admin",
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("an added NET_ADMIN runs in mode vm");
+
+    // Privileged inside the guest: network management, mounts, writable
+    // /sys, every capability, the guest's devices.
+    let (code, out) = exec_status(&mut cri, &privileged, "brctl addbr br-test && ip link show br-test").await;
+    assert_eq!(code, 0, "brctl in a privileged container: {out}");
+    let (code, out) = exec_status(&mut cri, &privileged, "mount -t tmpfs scratch /mnt && grep ' /mnt ' /proc/mounts").await;
+    assert_eq!(code, 0, "mount in a privileged container: {out}");
+    let (code, out) = exec_status(&mut cri, &privileged, "grep CapEff /proc/self/status").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("000001ffffffffff"), "every capability: {out}");
+    let (code, out) = exec_status(&mut cri, &privileged, "grep ' /sys ' /proc/mounts").await;
+    assert!(code == 0 && out.contains(" rw,"), "/sys writable: {out}");
+    let (code, out) = exec_status(&mut cri, &privileged, "ls /dev").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hwrng"), "the guest's devices: {out}");
+    assert!(!out.contains("vport"), "the agent's channel is not handed out: {out}");
+    // Its bridge lives in the pod's VM, not on the node.
+    let node_links = std::process::Command::new("ip").args(["link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&node_links.stdout).contains("br-test"));
+
+    // The same pod's unprivileged container keeps the defaults.
+    let (code, out) = exec_status(&mut cri, &plain, "brctl addbr br-plain").await;
+    assert_ne!(code, 0, "brctl without privileges must fail: {out}");
+    let (code, out) = exec_status(&mut cri, &plain, "mount -t tmpfs scratch /mnt").await;
+    assert_ne!(code, 0, "mount without privileges must fail: {out}");
+    let (_, out) = exec_status(&mut cri, &plain, "grep CapEff /proc/self/status").await;
+    assert!(out.contains("00000000a80425fb"), "containerd's default set: {out}");
+
+    // An added capability holds: NET_ADMIN can add a link, nothing more.
+    let (code, out) = exec_status(&mut cri, &net_admin, "ip link add dummy-test type dummy && ip link show dummy-test").await;
+    assert_eq!(code, 0, "NET_ADMIN adds a link: {out}");
+    let (code, out) = exec_status(&mut cri, &net_admin, "mount -t tmpfs scratch /mnt").await;
+    assert_ne!(code, 0, "NET_ADMIN is not SYS_ADMIN: {out}");
+
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+    assert!(daemon.vm_processes().is_empty(), "{:?}", daemon.vm_processes());
+    assert!(mounts_under(daemon.dir.path()).is_empty());
+}
