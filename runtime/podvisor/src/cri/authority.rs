@@ -269,17 +269,21 @@ fn split_headers_payload(flags: u8, payload: &[u8]) -> io::Result<(Option<[u8; 5
 fn encode_integer(out: &mut Vec<u8>, first_byte_flags: u8, prefix_bits: u32, mut value: usize) {
     let max_prefix = (1usize << prefix_bits) - 1;
     if value < max_prefix {
-        // value < max_prefix <= 127: fits the prefix.
-        out.push(first_byte_flags | value as u8);
+        out.push(first_byte_flags | low7(value));
         return;
     }
-    out.push(first_byte_flags | max_prefix as u8);
+    out.push(first_byte_flags | low7(max_prefix));
     value -= max_prefix;
     while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
+        out.push(low7(value % 128) | 0x80);
         value /= 128;
     }
-    out.push(value as u8);
+    out.push(low7(value));
+}
+
+/// A value the caller has brought below 128.
+fn low7(value: usize) -> u8 {
+    u8::try_from(value).map_or(0x7f, |v| v & 0x7f)
 }
 
 /// Every field as "literal header field without indexing — new name"
@@ -445,7 +449,7 @@ mod tests {
         write_frame_header(&mut out, 0, 0x4, 0, 0);
         for (i, fields) in blocks.iter().enumerate() {
             let block = encoder.encode(fields.iter().map(|(n, v)| (*n, *v)));
-            let stream = 1 + 2 * i as u32;
+            let stream = 1 + 2 * u32::try_from(i).unwrap();
             write_header_frames(&mut out, stream, false, None, &block);
             write_frame_header(&mut out, 5, 0x0, FLAG_END_STREAM, stream);
             out.extend_from_slice(b"hello");
