@@ -496,6 +496,18 @@ async fn vm_mode_honours_privileged_containers_inside_the_vm_in_netns() {
         "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n[policy]\nmode = \"vm\"\n",
     )
     .await;
+    podvisor_tests::daemon::connect_images(&daemon.socket)
+        .await
+        .unwrap()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
 
     // What would reach the node stays refused in mode vm.
     let mut host_pid = pod("hostpid", "default", &[]);
@@ -565,9 +577,19 @@ async fn vm_mode_honours_privileged_containers_inside_the_vm_in_netns() {
 
     // Privileged inside the guest: network management, mounts, writable
     // /sys, every capability, the guest's devices.
-    let (code, out) = exec_status(&mut cri, &privileged, "brctl addbr br-test && ip link show br-test").await;
+    let (code, out) = exec_status(
+        &mut cri,
+        &privileged,
+        "brctl addbr br-test && ip link show br-test",
+    )
+    .await;
     assert_eq!(code, 0, "brctl in a privileged container: {out}");
-    let (code, out) = exec_status(&mut cri, &privileged, "mount -t tmpfs scratch /mnt && grep ' /mnt ' /proc/mounts").await;
+    let (code, out) = exec_status(
+        &mut cri,
+        &privileged,
+        "mkdir -p /tmp/m && mount -t tmpfs scratch /tmp/m && grep ' /tmp/m ' /proc/mounts",
+    )
+    .await;
     assert_eq!(code, 0, "mount in a privileged container: {out}");
     let (code, out) = exec_status(&mut cri, &privileged, "grep CapEff /proc/self/status").await;
     assert_eq!(code, 0, "{out}");
@@ -577,23 +599,47 @@ async fn vm_mode_honours_privileged_containers_inside_the_vm_in_netns() {
     let (code, out) = exec_status(&mut cri, &privileged, "ls /dev").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("hwrng"), "the guest's devices: {out}");
-    assert!(!out.contains("vport"), "the agent's channel is not handed out: {out}");
+    assert!(
+        !out.contains("vport"),
+        "the agent's channel is not handed out: {out}"
+    );
     // Its bridge lives in the pod's VM, not on the node.
-    let node_links = std::process::Command::new("ip").args(["link"]).output().unwrap();
+    let node_links = std::process::Command::new("ip")
+        .args(["link"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&node_links.stdout).contains("br-test"));
 
     // The same pod's unprivileged container keeps the defaults.
     let (code, out) = exec_status(&mut cri, &plain, "brctl addbr br-plain").await;
     assert_ne!(code, 0, "brctl without privileges must fail: {out}");
-    let (code, out) = exec_status(&mut cri, &plain, "mount -t tmpfs scratch /mnt").await;
+    let (code, out) = exec_status(
+        &mut cri,
+        &plain,
+        "mkdir -p /tmp/m && mount -t tmpfs scratch /tmp/m",
+    )
+    .await;
     assert_ne!(code, 0, "mount without privileges must fail: {out}");
     let (_, out) = exec_status(&mut cri, &plain, "grep CapEff /proc/self/status").await;
-    assert!(out.contains("00000000a80425fb"), "containerd's default set: {out}");
+    assert!(
+        out.contains("00000000a80425fb"),
+        "containerd's default set: {out}"
+    );
 
     // An added capability holds: NET_ADMIN can add a link, nothing more.
-    let (code, out) = exec_status(&mut cri, &net_admin, "ip link add dummy-test type dummy && ip link show dummy-test").await;
+    let (code, out) = exec_status(
+        &mut cri,
+        &net_admin,
+        "ip link add dummy-test type dummy && ip link show dummy-test",
+    )
+    .await;
     assert_eq!(code, 0, "NET_ADMIN adds a link: {out}");
-    let (code, out) = exec_status(&mut cri, &net_admin, "mount -t tmpfs scratch /mnt").await;
+    let (code, out) = exec_status(
+        &mut cri,
+        &net_admin,
+        "mkdir -p /tmp/m && mount -t tmpfs scratch /tmp/m",
+    )
+    .await;
     assert_ne!(code, 0, "NET_ADMIN is not SYS_ADMIN: {out}");
 
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -606,6 +652,10 @@ async fn vm_mode_honours_privileged_containers_inside_the_vm_in_netns() {
     })
     .await
     .unwrap();
-    assert!(daemon.vm_processes().is_empty(), "{:?}", daemon.vm_processes());
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
     assert!(mounts_under(daemon.dir.path()).is_empty());
 }

@@ -43,6 +43,8 @@ pub enum ContainerError {
     InvalidArgument(String),
     #[error("container {0:?} not found")]
     NotFound(String),
+    #[error("image {0:?} is not on this node; pull it first (PullImage)")]
+    ImageNotPulled(String),
     #[error("container id prefix {0:?} matches more than one container")]
     Ambiguous(String),
     #[error(
@@ -310,9 +312,7 @@ impl ContainerManager {
         let sandbox = pod.record();
         let _claim = self.claim_name(&sandbox.id, &meta.name, meta.attempt)?;
         let image = self.images.get(&image_name).map_err(|e| match e {
-            ImageError::NotFound(_) => {
-                ContainerError::NotFound(format!("image {image_name}; pull it first (PullImage)"))
-            }
+            ImageError::NotFound(_) => ContainerError::ImageNotPulled(image_name.clone()),
             e => e.into(),
         })?;
         let layers = self.images.layers_for(&image.id)?;

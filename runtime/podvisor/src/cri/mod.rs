@@ -72,7 +72,9 @@ impl From<ContainerError> for Status {
             ContainerError::InvalidArgument(_)
             | ContainerError::Ambiguous(_)
             | ContainerError::Spec(_) => Status::invalid_argument(message),
-            ContainerError::NotFound(_) => Status::not_found(message),
+            ContainerError::NotFound(_) | ContainerError::ImageNotPulled(_) => {
+                Status::not_found(message)
+            }
             ContainerError::AlreadyExists { .. } => Status::already_exists(message),
             ContainerError::SandboxNotReady { .. } | ContainerError::FailedPrecondition(_) => {
                 Status::failed_precondition(message)
