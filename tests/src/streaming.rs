@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use podvisor::streaming::spdy::frame::{self, Frame};
@@ -235,6 +237,15 @@ pub struct SpdyCommand {
     resize: Option<u32>,
 }
 
+/// Every remote-command version over SPDY, newest first, as kubectl offers
+/// them.
+pub const SPDY_PROTOCOLS: [&str; 4] = [
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
 impl SpdyCommand {
     pub async fn start(
         url: &str,
@@ -243,13 +254,20 @@ impl SpdyCommand {
         stderr: bool,
         tty: bool,
     ) -> SpdyCommand {
-        let offered = [
-            "v4.channel.k8s.io",
-            "v3.channel.k8s.io",
-            "v2.channel.k8s.io",
-            "channel.k8s.io",
-        ];
-        let (head, socket, rest) = upgrade(url, "POST", "SPDY/3.1", &offered).await;
+        Self::start_with(url, &SPDY_PROTOCOLS, stdin, stdout, stderr, tty).await
+    }
+
+    /// Offers only `offered`; opens the streams client-go opens for the
+    /// version the server picks (a resize stream from v3 on).
+    pub async fn start_with(
+        url: &str,
+        offered: &[&str],
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> SpdyCommand {
+        let (head, socket, rest) = upgrade(url, "POST", "SPDY/3.1", offered).await;
         assert_eq!(head.status, 101, "upgrade refused");
         assert!(head
             .get("upgrade")
@@ -273,7 +291,11 @@ impl SpdyCommand {
             true => Some(conn.open(typed("stderr")).await.1),
             false => None,
         };
-        let resize = match tty {
+        let has_resize = !matches!(
+            protocol.as_str(),
+            "v2.channel.k8s.io" | "channel.k8s.io" | ""
+        );
+        let resize = match tty && has_resize {
             true => Some(conn.open(typed("resize")).await.0),
             false => None,
         };
@@ -325,6 +347,36 @@ impl SpdyCommand {
     }
 }
 
+impl SpdyCommand {
+    /// What a v1 client (client-go's `channel.k8s.io`) gets: it stops when
+    /// stdout and stderr end and reports the error stream only if that had
+    /// already ended. Stdout, stderr, and the error stream if complete by
+    /// then (frames are handled here in the order they arrive).
+    pub async fn finish_v1(mut self) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+        let out = async {
+            match self.stdout.as_mut() {
+                Some(rx) => drain(rx).await,
+                None => Vec::new(),
+            }
+        };
+        let err = async {
+            match self.stderr.as_mut() {
+                Some(rx) => drain(rx).await,
+                None => Vec::new(),
+            }
+        };
+        let (out, err) = tokio::join!(out, err);
+        let mut status = Vec::new();
+        loop {
+            match self.error.try_recv() {
+                Ok(b) => status.extend_from_slice(&b),
+                Err(mpsc::error::TryRecvError::Disconnected) => return (out, err, Some(status)),
+                Err(mpsc::error::TryRecvError::Empty) => return (out, err, None),
+            }
+        }
+    }
+}
+
 /// What kubectl makes of the error stream: None for success, Some(code)
 /// for "command terminated with exit code N".
 pub fn exit_code(status: &[u8]) -> Option<i32> {
@@ -343,6 +395,19 @@ pub fn exit_code(status: &[u8]) -> Option<i32> {
         }
         _ => panic!("unknown status {v}"),
     }
+}
+
+/// The message v1-v3 put on the error stream for a non-zero exit (the
+/// `Status` message of v4): its code; None for an empty stream (success).
+pub fn text_exit_code(status: &[u8]) -> Option<i32> {
+    if status.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(status);
+    let code = text
+        .strip_prefix("command terminated with non-zero exit code: exit status ")
+        .and_then(|c| c.parse().ok());
+    Some(code.unwrap_or_else(|| panic!("not an exit status: {text:?}")))
 }
 
 /// A WebSocket exec or attach (client-go's v5 framing).
@@ -370,10 +435,23 @@ impl WsCommand {
         WsCommand { protocol, ws }
     }
 
+    fn base64(&self) -> bool {
+        self.protocol.contains("base64")
+    }
+
+    /// Data on `channel`: binary, or in the base64 dialects text (the
+    /// channel as a digit, then the data in base64).
     pub async fn send(&mut self, channel: u8, data: &[u8]) {
-        let mut m = vec![channel];
-        m.extend_from_slice(data);
-        self.ws.send(Message::binary(m)).await.unwrap();
+        let message = if self.base64() {
+            let mut text = char::from(b'0' + channel).to_string();
+            text.push_str(&BASE64.encode(data));
+            Message::text(text)
+        } else {
+            let mut m = vec![channel];
+            m.extend_from_slice(data);
+            Message::binary(m)
+        };
+        self.ws.send(message).await.unwrap();
     }
 
     /// v5: channel 255 closes stdin.
@@ -383,11 +461,22 @@ impl WsCommand {
 
     /// Output per channel until the server closes.
     pub async fn finish(mut self) -> HashMap<u8, Vec<u8>> {
+        let base64 = self.base64();
         let mut got: HashMap<u8, Vec<u8>> = HashMap::new();
         while let Some(Ok(m)) = self.ws.next().await {
             match m {
-                Message::Binary(b) if !b.is_empty() => {
+                Message::Binary(b) if !b.is_empty() && !base64 => {
                     got.entry(b[0]).or_default().extend_from_slice(&b[1..]);
+                }
+                Message::Text(t) if !t.is_empty() && base64 => {
+                    let channel = t.as_bytes()[0] - b'0';
+                    let data = BASE64
+                        .decode(&t.as_bytes()[1..])
+                        .unwrap_or_else(|e| panic!("channel {channel}: bad base64 {t:?}: {e}"));
+                    got.entry(channel).or_default().extend_from_slice(&data);
+                }
+                Message::Binary(_) | Message::Text(_) => {
+                    panic!("{}: a message of the other dialect: {m:?}", self.protocol)
                 }
                 Message::Close(_) => break,
                 _ => {}

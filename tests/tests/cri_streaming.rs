@@ -1,6 +1,7 @@
 //! Exec, Attach and PortForward over CRI streaming URLs, as kubectl and
 //! crictl use them, against one pod VM: SPDY/3.1 and WebSocket
-//! remote-command (stdin, stdout, stderr, TTY and resize, exit codes),
+//! remote-command (stdin, stdout, stderr, TTY and resize, exit codes and
+//! signal deaths in every protocol version),
 //! several attached clients, port-forward of ten concurrent connections to
 //! a server on the pod's loopback, and refused tokens.
 
@@ -9,8 +10,8 @@ use std::time::Duration;
 use podvisor_tests::kubeproxy::{self, FakeApiServer, Target};
 use podvisor_tests::registry::LocalRegistry;
 use podvisor_tests::streaming::{
-    exit_code, forward_once, noise, port_forward, read_until, status_of, SpdyCommand, StreamPod,
-    WsCommand, HTTP_PORT, PAGE,
+    exit_code, forward_once, noise, port_forward, read_until, status_of, text_exit_code,
+    SpdyCommand, StreamPod, WsCommand, HTTP_PORT, PAGE, SPDY_PROTOCOLS,
 };
 use podvisor_tests::vm::qemu_ready;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -90,6 +91,9 @@ async fn exec_attach_and_port_forward_reach_the_pod_vm() {
     assert_eq!(got.get(&1).map(Vec::as_slice), Some(&b"out\n"[..]));
     assert_eq!(got.get(&2).map(Vec::as_slice), Some(&b"err\n"[..]));
     assert_eq!(exit_code(&got[&3]), Some(7));
+
+    // --- every protocol version: exit 7 and a SIGKILL death (137) ---
+    every_protocol_reports_exit_codes(&mut pod).await;
 
     // --- WebSocket v5: stdin through cat, closed by channel 255 ---
     let url = pod.exec_url(&["cat"], true, false).await;
@@ -193,6 +197,15 @@ async fn exec_attach_and_port_forward_reach_the_pod_vm() {
     assert!(text.contains("40 120"), "{text:?}");
     assert_eq!(exit_code(&status), None);
 
+    // --- exec -it: the exit code of a command on a terminal ---
+    let url = pod
+        .exec_url(&["sh", "-c", "read code; exit $code"], true, true)
+        .await;
+    let cmd = SpdyCommand::start(&url, true, true, false, true).await;
+    cmd.write(b"7\n").await;
+    let (_, _, status) = cmd.finish().await;
+    assert_eq!(exit_code(&status), Some(7), "exec -it");
+
     // --- a real kubectl (client-go's SPDY) through a stand-in API server ---
     let kubectl = kubeproxy::kubectl();
     if podvisor_tests::prerequisite(
@@ -206,6 +219,66 @@ async fn exec_attach_and_port_forward_reach_the_pod_vm() {
 
     eprintln!("streaming checks took {:?}", started.elapsed());
     pod.remove().await;
+}
+
+/// A command's exit code reaches the client the way each remote-command
+/// version carries it: a JSON `Status` with the `ExitCode` cause (v4, v5
+/// and v4.base64), the status message as text (v1-v3, channel.k8s.io and
+/// base64.channel.k8s.io); a death by SIGKILL is 128+9, as runc reports it.
+async fn every_protocol_reports_exit_codes(pod: &mut StreamPod) {
+    let cases: [(&[&str], i32); 2] = [
+        (&["sh", "-c", "echo out; exit 7"], 7),
+        (&["sh", "-c", "echo out; kill -9 $$"], 137),
+    ];
+    for protocol in SPDY_PROTOCOLS {
+        for (cmd, code) in cases {
+            let what = format!("SPDY {protocol} {cmd:?}");
+            let url = pod.exec_url(cmd, false, false).await;
+            let spdy = SpdyCommand::start_with(&url, &[protocol], false, true, true, false).await;
+            assert_eq!(spdy.protocol, protocol, "{what}");
+            let (out, status) = if protocol == "channel.k8s.io" {
+                let (out, _, status) = spdy.finish_v1().await;
+                let status = status
+                    .unwrap_or_else(|| panic!("{what}: stdout ended before the error stream"));
+                (out, status)
+            } else {
+                let (out, _, status) = spdy.finish().await;
+                (out, status)
+            };
+            assert_eq!(out, b"out\n", "{what}");
+            let got = match protocol {
+                "v4.channel.k8s.io" => exit_code(&status),
+                _ => text_exit_code(&status),
+            };
+            assert_eq!(got, Some(code), "{what}");
+        }
+    }
+    let json = [
+        "v5.channel.k8s.io",
+        "v4.channel.k8s.io",
+        "v4.base64.channel.k8s.io",
+    ];
+    let text = ["channel.k8s.io", "base64.channel.k8s.io"];
+    for protocol in json.into_iter().chain(text) {
+        for (cmd, code) in cases {
+            let what = format!("WebSocket {protocol} {cmd:?}");
+            let url = pod.exec_url(cmd, false, false).await;
+            let ws = WsCommand::start(&url, protocol).await;
+            assert_eq!(ws.protocol, protocol, "{what}");
+            let got = ws.finish().await;
+            assert_eq!(
+                got.get(&1).map(Vec::as_slice),
+                Some(&b"out\n"[..]),
+                "{what}"
+            );
+            let status = got.get(&3).map(Vec::as_slice).unwrap_or_default();
+            let got = match json.contains(&protocol) {
+                true => exit_code(status),
+                false => text_exit_code(status),
+            };
+            assert_eq!(got, Some(code), "{what}");
+        }
+    }
 }
 
 /// kubectl exec (stdin through cat, exit code 7) and port-forward.

@@ -4,8 +4,8 @@
 //! Versions, as negotiated in `X-Stream-Protocol-Version`: they share the
 //! framing and differ in what the server does with it. v3 adds the resize
 //! stream; v4 writes a JSON `Status` (with the exit code) on the error
-//! stream where v1-v3 write plain text. v1 is what a client that offers
-//! no version speaks.
+//! stream where v1-v3 write its message as plain text. v1 is what a
+//! client that offers no version speaks.
 
 use std::future::Future;
 use std::time::Duration;
@@ -136,7 +136,9 @@ where
         output: out_tx,
     };
     let outcome = run(io).await;
-    let _ = writer.await;
+    let outputs = writer.await.ok().flatten();
+    // The status goes out before stdout and stderr end: a v1 client stops
+    // at their end and reports the error stream only if it ended first.
     if let Some(error) = error {
         let message = if version >= Version::V4 {
             status_json(&outcome)
@@ -148,21 +150,24 @@ where
         }
         let _ = error.finish().await;
     }
+    for w in outputs.into_iter().flat_map(|(o, e)| [o, e]).flatten() {
+        let _ = w.finish().await;
+    }
     session.close().await;
 }
 
-/// Output to the client's streams until the command's side is done, then
-/// FIN on both; stops early when the client is gone.
+/// Output to the client's streams until the command's side is done; gives
+/// the streams back for their FIN, or None when the client is gone.
 async fn write_output(
     mut rx: mpsc::Receiver<Output>,
     stdout: Option<StreamWriter>,
     stderr: Option<StreamWriter>,
     mut gone: tokio::sync::oneshot::Receiver<()>,
-) {
+) -> Option<(Option<StreamWriter>, Option<StreamWriter>)> {
     loop {
         let output = tokio::select! {
             o = rx.recv() => o,
-            _ = &mut gone => return,
+            _ = &mut gone => return None,
         };
         let sent = match output {
             None => break,
@@ -176,12 +181,10 @@ async fn write_output(
             },
         };
         if sent.is_err() {
-            return;
+            return None;
         }
     }
-    for w in [stdout, stderr].into_iter().flatten() {
-        let _ = w.finish().await;
-    }
+    Some((stdout, stderr))
 }
 
 /// Resize stream bytes to sizes.

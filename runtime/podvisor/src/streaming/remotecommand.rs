@@ -415,6 +415,14 @@ mod tests {
             serde_json::from_slice(&status_json(&Outcome::Exited(0))).unwrap();
         assert_eq!(v["status"], "Success");
         assert!(status_text(&Outcome::Exited(0)).is_empty());
+        // v1-v3 carry the Status's message.
+        let v: serde_json::Value =
+            serde_json::from_slice(&status_json(&Outcome::Exited(137))).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "137");
+        assert_eq!(
+            status_text(&Outcome::Exited(137)),
+            v["message"].as_str().unwrap().as_bytes()
+        );
     }
 
     #[test]
