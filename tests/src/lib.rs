@@ -15,6 +15,7 @@ pub fn running_as_root(test: &str) -> bool {
 }
 
 pub mod cpio;
+pub mod critest_images;
 pub mod daemon;
 pub mod kubeproxy;
 pub mod nested;
