@@ -678,7 +678,51 @@ async fn pods_run_containers_from_a_registry_image_end_to_end_in_netns() {
     // SIGKILL ends it.
     assert_eq!(st.exit_code, 137, "{st:?}");
     assert!(started.elapsed() >= Duration::from_secs(2));
-    for id in [&app_id, &job_id, &server] {
+
+    // A stop right after the start, before the command has installed its
+    // TERM handler (critest's "stopping container" does this to `top`): the
+    // kernel drops a signal to a namespace init without a handler, so the
+    // agent holds it until the handler exists. The trap's exit code shows
+    // SIGTERM arrived; a drop would end in SIGKILL (137) after the grace.
+    let late_trap = create(
+        &mut cri,
+        &pod_a,
+        &sandbox_a,
+        container_config(
+            "late-trap",
+            &image,
+            "sleep 0.5; trap 'exit 9' TERM; while :; do sleep 0.2; done",
+        ),
+    )
+    .await
+    .expect("CreateContainer late-trap");
+    cri.start_container(cri::StartContainerRequest {
+        container_id: late_trap.clone(),
+    })
+    .await
+    .expect("StartContainer late-trap");
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: late_trap.clone(),
+        timeout: 30,
+    })
+    .await
+    .expect("StopContainer late-trap");
+    let st = container_status(&mut cri, &late_trap).await;
+    assert_eq!(
+        (st.state, st.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 9),
+        "the TERM trap ran: {st:?}"
+    );
+    // Stopping it again, or stopping what does not exist, succeeds.
+    for id in [late_trap.as_str(), "feedbeef"] {
+        cri.stop_container(cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer {id} again: {e}"));
+    }
+    for id in [&app_id, &job_id, &server, &late_trap] {
         cri.remove_container(cri::RemoveContainerRequest {
             container_id: id.to_string(),
         })

@@ -7,6 +7,7 @@
 mod cgroup;
 mod console;
 mod rootfs;
+mod signal;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -545,15 +546,17 @@ impl ContainerManager {
         let process = container.process(exec_id)?;
         let reaper = self.reaper.clone();
         tokio::task::spawn_blocking(move || {
-            // While the gate is held the pid cannot be reaped and reused.
-            let _guard = reaper.spawn_guard();
-            if process.exit().is_some() {
-                return Ok(());
-            }
-            match nix::sys::signal::kill(process.pid, signal) {
-                Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-                Err(e) => Err(AgentError::sys("kill", e)),
-            }
+            let pid = process.pid;
+            signal::deliver(pid, signal, move |send: &mut dyn FnMut()| {
+                // While the gate is held the pid cannot be reaped and reused.
+                let _guard = reaper.spawn_guard();
+                let alive = process.exit().is_none();
+                if alive {
+                    send();
+                }
+                alive
+            })
+            .map_err(|e| AgentError::sys("kill", e))
         })
         .await
         .map_err(|e| AgentError::runtime("signal", e))?
