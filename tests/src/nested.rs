@@ -47,9 +47,10 @@
 //!   lost cross-CPU interrupts (soft lockups, stack overflows in
 //!   `error_entry`, RCU stalls in a 2-vCPU L2): the cause is QEMU's SVM
 //!   emulation, avoided by giving L1 one CPU ([`L1Options::default`]).
-//! - A hang of a one-CPU L1 itself: not reproduced in 1 run of the nested
-//!   test on this branch (see the branch's report); if it recurs the retry
-//!   log names the step and the L1 console's last lines.
+//! - A hang of a one-CPU L1 itself: not reproduced (0 runs of the nested
+//!   test when this was written: its L1 image was not cached on the
+//!   machine, and the budget for nested runs went elsewhere); if it recurs,
+//!   the retry log names the step and the L1 console's last lines.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
