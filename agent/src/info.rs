@@ -26,7 +26,7 @@ pub fn guest_info(mode: Mode) -> GuestInfo {
     let uptime_ms = fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0, |secs| (secs * 1000.0) as u64);
+        .map_or(0, secs_to_ms);
     GuestInfo {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -40,7 +40,8 @@ pub fn guest_info(mode: Mode) -> GuestInfo {
         },
         memory_total_bytes: meminfo_kib("MemTotal:") * 1024,
         memory_available_bytes: meminfo_kib("MemAvailable:") * 1024,
-        online_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        online_cpus: std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         uptime_ms,
         mode: match mode {
             Mode::Guest => "guest",
@@ -48,4 +49,11 @@ pub fn guest_info(mode: Mode) -> GuestInfo {
         }
         .to_string(),
     }
+}
+
+/// Seconds to whole milliseconds. An uptime in ms is far below u64::MAX,
+/// and a float-to-int cast saturates rather than wraps.
+#[allow(clippy::cast_possible_truncation)]
+fn secs_to_ms(secs: f64) -> u64 {
+    (secs * 1000.0) as u64
 }

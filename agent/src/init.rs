@@ -202,7 +202,7 @@ fn bring_up_loopback() -> std::io::Result<()> {
         }
         let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
         if rc == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
             rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
         }
         let err = std::io::Error::last_os_error();

@@ -167,7 +167,8 @@ impl OutputLog {
         };
         let mut chunks = Vec::new();
         for c in st.chunks.iter().filter(|c| c.end() > from) {
-            let skip = from.saturating_sub(c.offset) as usize;
+            // `from` is inside this chunk, so the skip is at most its length.
+            let skip = usize::try_from(from.saturating_sub(c.offset)).expect("within a chunk");
             chunks.push(Chunk {
                 stream: c.stream,
                 offset: c.offset + skip as u64,

@@ -283,7 +283,16 @@ mod tests {
     #[test]
     fn hostnames_are_validated() {
         assert!(validate_hostname("pod-1.example").is_ok());
-        assert!(validate_hostname("bad name").is_err());
-        assert!(validate_hostname("").is_err());
+        for bad in ["bad name", ""] {
+            let err = validate_hostname(bad).unwrap_err();
+            assert!(
+                matches!(err, AgentError::InvalidArgument(_)),
+                "{bad:?}: {err}"
+            );
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::InvalidArgument
+            );
+        }
     }
 }

@@ -279,7 +279,7 @@ impl Agent for AgentService {
         let process = self.containers.get(&r.container_id)?.process(&r.exec_id)?;
         let written = process.io.write_stdin(&r.data).await?;
         Ok(Response::new(WriteStdinResponse {
-            written: written as u32,
+            written: u32::try_from(written).unwrap_or(u32::MAX),
         }))
     }
 

@@ -226,15 +226,23 @@ async fn busy_container_has_nonzero_stats() {
         return;
     };
     a.run("busy", &["sh", "-c", "while :; do :; done"]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = a
-        .client
-        .container_stats(ContainerStatsRequest {
-            container_id: "busy".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // However loaded the machine, the loop's CPU time shows in the stats
+    // (the deadline only proves it does at all).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = a
+            .client
+            .container_stats(ContainerStatsRequest {
+                container_id: "busy".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if stats.cpu_usage_ns > 50_000_000 || tokio::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(stats.cpu_usage_ns > 50_000_000, "{stats:?}");
     assert!(stats.memory_working_set_bytes > 0, "{stats:?}");
     assert!(stats.pids >= 1, "{stats:?}");
@@ -247,10 +255,52 @@ async fn stdout_and_stderr_arrive_separately_and_in_order() {
     let Some(mut a) = agent("stdout_and_stderr_arrive_separately_and_in_order").await else {
         return;
     };
-    let script =
-        "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; sleep 0.2; echo err2 >&2";
-    a.run("io", &["sh", "-c", script]).await;
-    let chunks = a.output("io", "").await;
+    // Each line waits for a line on stdin, which the test sends only once it
+    // has read the previous one: the order is causal, not a race of sleeps.
+    let script = "echo out1; read x; echo err1 >&2; read x; echo out2; read x; echo err2 >&2";
+    a.create("io", spec(&["sh", "-c", script]), true, false)
+        .await
+        .unwrap();
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: "io".into(),
+        })
+        .await
+        .unwrap();
+    let mut stream = a
+        .client
+        .read_output(ReadOutputRequest {
+            container_id: "io".into(),
+            exec_id: String::new(),
+            from_offset: 0,
+            live: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = Vec::new();
+    for i in 0..4 {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("the next line arrives")
+            .unwrap()
+            .expect("a chunk before the end");
+        chunks.push((
+            chunk.stream(),
+            String::from_utf8_lossy(&chunk.data).into_owned(),
+        ));
+        if i < 3 {
+            a.client
+                .write_stdin(WriteStdinRequest {
+                    container_id: "io".into(),
+                    exec_id: String::new(),
+                    data: b"go\n".to_vec(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    a.wait("io", "").await;
     let got: Vec<(OutputStream, &str)> = chunks.iter().map(|(s, t)| (*s, t.as_str())).collect();
     assert_eq!(
         got,
@@ -544,7 +594,7 @@ async fn runtime_can_disconnect_and_reconnect() {
         .into_inner();
     let mut text = String::new();
     while !text.contains("after") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let chunk = tokio::time::timeout(Duration::from_secs(60), stream.message())
             .await
             .unwrap()
             .unwrap()

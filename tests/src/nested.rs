@@ -28,6 +28,29 @@
 //! commands; [`L1::shutdown`] powers it off. QEMU and virtiofsd are killed on
 //! every path (also on drop, and with the caller's thread via
 //! `PR_SET_PDEATHSIG`).
+//!
+//! L1 hangs, and the nested test's retry. The nested test retries a step in
+//! a fresh L1 when L1 dies (QEMU exits, kernel BUG/panic/soft lockup) or
+//! does not answer by the step's deadline; each retry is counted
+//! ([`Retries`], `PODVISOR_RETRY_LOG`, summed by `scripts/test.sh`) and a
+//! second one fails the run. What is known of the causes:
+//! - "no answer from L1 in time" (the retry's reason, once in ~20 CI runs,
+//!   during `kvm-smoke --vcpus 2`) was, at least in part, not L1 hanging:
+//!   kvm-smoke's `--timeout 120` bounded only the wait for the agent, and
+//!   its later steps have their own bounds (60 s per container's output,
+//!   15 s + 30 s for the shutdown, 5 s for virtiofsd), so a slow but live
+//!   L2 could outlast the step's 180 s deadline and be taken for a hung L1.
+//!   Fixed: `--timeout` now bounds all of kvm-smoke's checks, so it answers
+//!   (FAIL, no retry) at least 60 s before the deadline, and only a real
+//!   L1 hang is retried.
+//! - L1 with two CPUs under QEMU 7.2's multi-threaded TCG with emulated SVM
+//!   lost cross-CPU interrupts (soft lockups, stack overflows in
+//!   `error_entry`, RCU stalls in a 2-vCPU L2): the cause is QEMU's SVM
+//!   emulation, avoided by giving L1 one CPU ([`L1Options::default`]).
+//! - A hang of a one-CPU L1 itself: not reproduced (0 runs of the nested
+//!   test when this was written: its L1 image was not cached on the
+//!   machine, and the budget for nested runs went elsewhere); if it recurs,
+//!   the retry log names the step and the L1 console's last lines.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -50,6 +73,62 @@ pub const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// Bumped whenever the layout of the cached image changes.
 const FORMAT: &str = "podvisor-nested-l1 3";
+/// Names the file each retry in a fresh L1 is appended to (one line each);
+/// `scripts/test.sh` sets it and counts the lines after the run.
+pub const RETRY_LOG_ENV: &str = "PODVISOR_RETRY_LOG";
+/// Retries in a fresh L1 one test run may use; the next loss of L1 fails it.
+pub const MAX_RETRIES: usize = 1;
+
+/// The retries one test run has used. Each is printed and appended to
+/// [`RETRY_LOG_ENV`]'s file, so a flaky L1 is counted, never hidden.
+#[derive(Debug)]
+pub struct Retries {
+    test: String,
+    used: Vec<String>,
+}
+
+impl Retries {
+    pub fn new(test: &str) -> Self {
+        Retries {
+            test: test.to_string(),
+            used: Vec::new(),
+        }
+    }
+
+    /// Asks to retry `what` in a fresh L1 because of `why`: records the retry
+    /// and returns true while the run has one left, else returns false (the
+    /// caller fails the step).
+    pub fn allow(&mut self, what: &str, why: &str) -> bool {
+        if self.used.len() >= MAX_RETRIES {
+            eprintln!(
+                "{}: L1 lost again during {what} ({why}); {} retry already used, failing",
+                self.test,
+                self.used.len()
+            );
+            return false;
+        }
+        let line = format!(
+            "{}: retry {} of {what} in a fresh L1: {why}",
+            self.test,
+            self.used.len() + 1
+        );
+        eprintln!("{line}");
+        if let Some(path) = std::env::var_os(RETRY_LOG_ENV) {
+            podvisor_test_skip::append_line(Path::new(&path), &line).unwrap_or_else(|e| {
+                panic!(
+                    "appending to {RETRY_LOG_ENV} {}: {e}",
+                    Path::new(&path).display()
+                )
+            });
+        }
+        self.used.push(line);
+        true
+    }
+
+    pub fn used(&self) -> &[String] {
+        &self.used
+    }
+}
 
 /// Modules L1 loads (with their dependencies, resolved from `modules.dep`).
 const MODULES: &[&str] = &[
@@ -510,7 +589,9 @@ fn has_pvh_note(elf: &[u8]) -> bool {
     let get = |off: usize, len: usize| elf.get(off..off + len);
     let u16_at = |off| get(off, 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()) as usize);
     let u32_at = |off| get(off, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u64_at = |off| get(off, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u64_at = |off| {
+        get(off, 8).and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().unwrap())).ok())
+    };
     if get(0, 5) != Some(b"\x7fELF\x02") {
         return false;
     }

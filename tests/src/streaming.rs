@@ -723,7 +723,7 @@ pub fn noise(len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 32) as u8
+            (x >> 32).to_le_bytes()[0]
         })
         .collect()
 }

@@ -160,6 +160,65 @@ fn assert_vm_memory(mem_total_mib: u64, vm_mib: u64) {
     );
 }
 
+/// The CPU limit of process `pid` as its cgroup files hold it: (quota in
+/// us, or None for "max", period in us). cgroup v2 (`cpu.max` under the
+/// unified hierarchy) or v1 (the `cpu` controller's hierarchy, as on hosts
+/// with the hybrid layout).
+fn cpu_limit_of(pid: u64) -> (Option<u64>, u64) {
+    let memberships = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let v2_has_cpu = std::fs::read_to_string(unified)
+        .map(|c| c.split_whitespace().any(|c| c == "cpu"))
+        .unwrap_or(false);
+    for line in memberships.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() && v2_has_cpu {
+            let max = std::fs::read_to_string(format!("/sys/fs/cgroup/{path}/cpu.max")).unwrap();
+            let (quota, period) = max.trim().split_once(' ').expect("cpu.max: quota period");
+            return (quota.parse().ok(), period.parse().unwrap());
+        }
+        if controllers.split(',').any(|c| c == "cpu") {
+            let dir = cgroup_v1_mount("cpu").join(path);
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            };
+            let quota: i64 = read("cpu.cfs_quota_us").parse().unwrap();
+            let period = read("cpu.cfs_period_us").parse().unwrap();
+            return (u64::try_from(quota).ok(), period);
+        }
+    }
+    panic!("process {pid} is in no cgroup with the cpu controller: {memberships}");
+}
+
+/// Where the cgroup v1 hierarchy with `controller` is mounted.
+fn cgroup_v1_mount(controller: &str) -> std::path::PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut right = right.split_whitespace();
+        let (Some("cgroup"), Some(_), Some(options)) = (right.next(), right.next(), right.next())
+        else {
+            continue;
+        };
+        if options.split(',').any(|o| o == controller) {
+            let mount_point = left.split_whitespace().nth(4).expect("mount point");
+            return mount_point.into();
+        }
+    }
+    panic!("no cgroup v1 hierarchy with {controller} is mounted");
+}
+
 fn mem_total_mib(meminfo: &str) -> u64 {
     let kib: u64 = meminfo
         .lines()
@@ -285,7 +344,8 @@ async fn fargate_rules_admit_size_and_limit_pods_in_netns() {
     assert_eq!(info["vcpus"], 1);
     assert_eq!(info["memoryMiB"], 512 + 256);
     assert_eq!(info["cpuQuotaUs"], 25_000);
-    // The quota is on the VM process's cgroup.
+    // The quota is on the VM process's cgroup: read from the kernel, not
+    // from what the daemon reports.
     let vm_pid = info["vmPid"].as_u64().unwrap();
     let cgroup = std::fs::read_to_string(format!("/proc/{vm_pid}/cgroup")).unwrap();
     assert!(
@@ -293,6 +353,12 @@ async fn fargate_rules_admit_size_and_limit_pods_in_netns() {
             .lines()
             .any(|l| l.contains(&format!("podvisor/{small_id}"))),
         "VM process cgroups: {cgroup}"
+    );
+    let (quota, period) = cpu_limit_of(vm_pid);
+    assert_eq!(
+        quota.map(|q| q * 1000 / period),
+        Some(250),
+        "the VM process's cgroup holds it to 0.25 CPU: quota {quota:?} per {period} us"
     );
 
     // Inside the guests: memory, vCPUs, and the containers' rlimits.

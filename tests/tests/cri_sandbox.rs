@@ -127,7 +127,7 @@ async fn pod_sandboxes_are_vms_that_survive_a_daemon_restart_in_netns() {
     assert_eq!(st.labels["app"], "web");
     assert_eq!(st.annotations["note"], "e2e");
     assert_eq!(info["backend"], "qemu");
-    let vm_pid = info["vmPid"].as_u64().expect("a VM pid") as u32;
+    let vm_pid = u32::try_from(info["vmPid"].as_u64().expect("a VM pid")).expect("a pid");
     assert!(podvisor_tests::vm::alive(vm_pid));
 
     let err = run(&mut cri, "web").await.unwrap_err();
@@ -162,7 +162,7 @@ async fn pod_sandboxes_are_vms_that_survive_a_daemon_restart_in_netns() {
 
     // A VM that dies is reported NotReady with a reason.
     let (_, db_info) = status(&mut cri, &db).await;
-    let db_pid = db_info["vmPid"].as_u64().unwrap() as i32;
+    let db_pid = i32::try_from(db_info["vmPid"].as_u64().unwrap()).expect("a pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(db_pid),
         nix::sys::signal::Signal::SIGKILL,

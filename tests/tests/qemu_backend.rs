@@ -90,7 +90,8 @@ async fn guest_runs_our_kernel_and_a_container_from_virtiofs() {
     assert!(!alive(qemu_pid), "qemu is gone");
     assert!(!alive(fs_pid), "virtiofsd is gone");
     // The runtime removes the VM directory; here, check what is left in it
-    // is only files (no socket a process still serves).
+    // is only files: no socket a process still serves.
+    assert_nothing_served_in(&vm_dir);
     std::fs::remove_dir_all(&vm_dir).unwrap();
 }
 
@@ -100,10 +101,9 @@ async fn twenty_boots_in_a_row_reach_the_agent() {
     if !qemu_ready(test) {
         return;
     }
-    let mut times = Vec::new();
+    // Boot times are guest-bench's business; this checks every boot works.
     for i in 0..20 {
         let dir = tempfile::tempdir().unwrap();
-        let started = Instant::now();
         let pod = boot_qemu(
             &format!("boot-{i}"),
             dir.path(),
@@ -115,17 +115,11 @@ async fn twenty_boots_in_a_row_reach_the_agent() {
         )
         .await
         .unwrap_or_else(|e| panic!("boot {i} failed: {e}"));
-        times.push(started.elapsed());
         let pid = pod.vm.process.pid();
         let exit = pod.shutdown().await;
         assert_eq!(exit.code, Some(0), "boot {i}: the guest ended by itself");
         assert!(!alive(pid));
     }
-    times.sort();
-    eprintln!(
-        "boot to agent ready over 20 boots: median {:?}, max {:?}",
-        times[10], times[19]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,12 +204,35 @@ async fn broken_boots_fail_clearly_and_leave_nothing() {
     .err()
     .expect("agent that never answers");
     assert!(matches!(err, VmError::AgentTimeout { .. }), "{err}");
+    // The boot timeout was honoured, not cut short.
     assert!(
-        started.elapsed() < Duration::from_secs(40),
-        "bounded: {:?}",
+        started.elapsed() >= Duration::from_secs(20),
+        "gave up early: {:?}",
         started.elapsed()
     );
     assert_no_qemu_left_for(&dir.path().join("silent"));
+}
+
+/// Every entry of `dir` (recursively) is a file, a directory or a socket
+/// nobody accepts on any more.
+fn assert_nothing_served_in(dir: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            assert_nothing_served_in(&path);
+        } else if kind.is_socket() {
+            let served = std::os::unix::net::UnixStream::connect(&path);
+            assert!(served.is_err(), "{} is still served", path.display());
+        } else {
+            assert!(
+                kind.is_file(),
+                "{} is neither file nor socket",
+                path.display()
+            );
+        }
+    }
 }
 
 /// No qemu process has this VM's directory on its command line.

@@ -190,9 +190,8 @@ fn guest_devices(root: &Path) -> Result<Vec<oci_spec::runtime::LinuxDevice>> {
             };
             let kind = meta.file_type();
             if kind.is_dir() {
-                if !(dir == root && PER_CONTAINER_DEV_DIRS.contains(&name.as_str()))
-                    && !AGENT_CHANNEL_DEVICES.contains(&name.as_str())
-                {
+                let per_container = dir == root && PER_CONTAINER_DEV_DIRS.contains(&name.as_str());
+                if !(per_container || AGENT_CHANNEL_DEVICES.contains(&name.as_str())) {
                     dirs.push(path);
                 }
                 continue;
@@ -548,8 +547,9 @@ mod tests {
     #[test]
     fn privileged_containers_get_the_guests_devices_but_not_the_agents_channel() {
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED privileged_containers_get_the_guests_devices: mknod needs root");
+        if !podvisor_test_skip::require_root(
+            "privileged_containers_get_the_guests_devices_but_not_the_agents_channel",
+        ) {
             return;
         }
         let dev = tempfile::tempdir().unwrap();

@@ -101,12 +101,12 @@ fn tap_peer(sock: PacketSocket) -> Result<String, String> {
 
 #[test]
 fn zero_page_and_virtio_devices() {
-    if skip_without_kvm("zero_page_and_virtio_devices") {
+    if !require_kvm("zero_page_and_virtio_devices") {
         return;
     }
     let dir = scratch("devices");
     let guest = guest_elf();
-    let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let initrd: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect();
     std::fs::write(dir.join("initrd"), &initrd).unwrap();
     make_disk(&dir.join("disk0"), 64 << 10, 3, b"podvisor-sector-3 hello");
     make_disk(&dir.join("disk1"), 8 << 10, 0, b"read-only disk");
@@ -115,10 +115,9 @@ fn zero_page_and_virtio_devices() {
 
     // Net needs root for the namespace; everything else runs without it.
     let netns_name = format!("pvvmm{}", std::process::id());
-    let net = if is_root() {
+    let net = if require_root("zero_page_and_virtio_devices (net part)") {
         Some(NetNs::with_tap(&netns_name, "tap0").expect("creating the test netns"))
     } else {
-        println!("SKIPPED net part of zero_page_and_virtio_devices: needs root for a netns");
         None
     };
     let mut tests = "zeropage,rng,blk,vsock".to_string();

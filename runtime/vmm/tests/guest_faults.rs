@@ -22,7 +22,7 @@ fn counter(json: &str, key: &str) -> u64 {
 
 #[test]
 fn two_vcpus_run_and_graceful_shutdown() {
-    if skip_without_kvm("two_vcpus_run_and_graceful_shutdown") {
+    if !require_kvm("two_vcpus_run_and_graceful_shutdown") {
         return;
     }
     let dir = scratch("smp");
@@ -74,7 +74,7 @@ fn two_vcpus_run_and_graceful_shutdown() {
 
 #[test]
 fn misbehaving_guest_is_contained() {
-    if skip_without_kvm("misbehaving_guest_is_contained") {
+    if !require_kvm("misbehaving_guest_is_contained") {
         return;
     }
     let dir = scratch("chaos");
@@ -142,7 +142,7 @@ fn misbehaving_guest_is_contained() {
 
 #[test]
 fn triple_fault_ends_the_vm_with_an_error() {
-    if skip_without_kvm("triple_fault_ends_the_vm_with_an_error") {
+    if !require_kvm("triple_fault_ends_the_vm_with_an_error") {
         return;
     }
     let dir = scratch("triple");
@@ -193,7 +193,7 @@ fn bad_input_gives_clear_errors() {
     run_expecting(&["--vcpus", "2"], 2, "--kernel");
     run_expecting(&["--kernel", "/k", "--memory", "lots"], 2, "--memory");
     run_expecting(&["--kernel", "/k", "--frobnicate"], 2, "unknown argument");
-    if skip_without_kvm("bad_input_gives_clear_errors (KVM part)") {
+    if !require_kvm("bad_input_gives_clear_errors (KVM part)") {
         return;
     }
     let missing = dir.join("missing");
@@ -233,11 +233,10 @@ fn proc_field(path: &str, key: &str) -> String {
 
 #[test]
 fn runs_confined_as_an_unprivileged_user() {
-    if skip_without_kvm("runs_confined_as_an_unprivileged_user") {
+    if !require_kvm("runs_confined_as_an_unprivileged_user") {
         return;
     }
-    if !is_root() {
-        println!("SKIPPED runs_confined_as_an_unprivileged_user: needs root to switch users");
+    if !require_root("runs_confined_as_an_unprivileged_user") {
         return;
     }
     let dir = scratch("confined");

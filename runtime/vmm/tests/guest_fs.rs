@@ -56,17 +56,22 @@ impl Drop for Daemon {
 
 #[test]
 fn virtio_fs_reads_a_shared_file() {
-    if skip_without_kvm("virtio_fs_reads_a_shared_file") {
+    if !require_kvm("virtio_fs_reads_a_shared_file") {
         return;
     }
-    if !is_root() {
-        println!("SKIPPED virtio_fs_reads_a_shared_file: virtiofsd needs root here");
+    if !require_root("virtio_fs_reads_a_shared_file") {
         return;
     }
-    let Some(virtiofsd) = find_virtiofsd() else {
-        println!("SKIPPED virtio_fs_reads_a_shared_file: no virtiofsd installed");
+    let virtiofsd = find_virtiofsd();
+    if !require(
+        "virtio_fs_reads_a_shared_file",
+        "virtiofsd",
+        virtiofsd.is_some(),
+        "cargo install --locked virtiofsd",
+    ) {
         return;
-    };
+    }
+    let virtiofsd = virtiofsd.expect("checked above");
     let dir = scratch("fs");
     let shared = dir.join("shared");
     std::fs::create_dir_all(&shared).unwrap();

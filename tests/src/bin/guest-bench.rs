@@ -23,6 +23,8 @@ fn size(path: &Path) -> String {
     }
 }
 
+// The index is rounded from [0, len - 1] (p is a fraction): it fits usize.
+#[allow(clippy::cast_possible_truncation)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

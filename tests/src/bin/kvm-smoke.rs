@@ -269,18 +269,30 @@ async fn smoke(args: Args) -> Result<()> {
     };
 
     let mut pod: Option<(Vm, Agent)> = None;
-    let result = checks(
-        &args,
-        &kvm,
-        image,
-        &expected_release,
-        fs.share.clone(),
-        tap.as_ref(),
-        dir.path(),
-        &mut pod,
-        &mut steps,
+    // `--timeout` bounds every check, boot included, so a caller that waits
+    // a little longer (the nested test) can tell a slow or stuck guest (this
+    // FAIL) from a host that stopped running us (no answer at all).
+    let total = args.timeout;
+    let result = tokio::time::timeout(
+        total,
+        checks(
+            &args,
+            &kvm,
+            image,
+            &expected_release,
+            fs.share.clone(),
+            tap.as_ref(),
+            dir.path(),
+            &mut pod,
+            &mut steps,
+        ),
     )
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "the checks did not finish within --timeout {total:?}; the last `ok` line is the last step done"
+        ))
+    });
 
     // Whatever happened, nothing stays behind.
     let mut leftovers = Vec::new();

@@ -301,6 +301,8 @@ fn stats(samples: &[f64]) -> Option<Stats> {
     let mut s = samples.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let rank = |p: f64| {
+        // p is a fraction, so the rank is at most len: it fits usize.
+        #[allow(clippy::cast_possible_truncation)]
         let r = (p * s.len() as f64).ceil() as usize;
         s[r.clamp(1, s.len()) - 1]
     };

@@ -21,6 +21,8 @@ struct Args {
     megabytes: usize,
 }
 
+// The index is rounded from [0, len - 1] (p is a fraction): it fits usize.
+#[allow(clippy::cast_possible_truncation)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

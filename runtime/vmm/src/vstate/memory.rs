@@ -41,6 +41,7 @@ pub struct GuestRam {
 fn host_ram_bytes() -> Option<u64> {
     // SAFETY: sysinfo only writes into the struct we pass.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct for the call.
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }

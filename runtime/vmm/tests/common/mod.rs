@@ -15,31 +15,9 @@ pub fn vmm_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_podvisor-vmm"))
 }
 
-/// Why KVM tests cannot run here, if they cannot.
-pub fn kvm_missing() -> Option<String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("/dev/kvm not usable: {e}")),
-    }
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Prints the reason and returns true when the test must be skipped.
-pub fn skip_without_kvm(test: &str) -> bool {
-    if let Some(why) = kvm_missing() {
-        println!("SKIPPED {test}: {why}");
-        return true;
-    }
-    false
-}
+// Each test binary uses its own subset of these.
+#[allow(unused_imports)]
+pub use podvisor_test_skip::{require, require_kvm, require_root};
 
 pub fn guest_elf() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));

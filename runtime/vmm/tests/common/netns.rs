@@ -81,13 +81,13 @@ impl PacketSocket {
             }
             let fd = OwnedFd::from_raw_fd(fd);
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
             addr.sll_protocol = ETH_P_ALL.to_be();
             addr.sll_ifindex = index as i32;
             if libc::bind(
                 fd.as_raw_fd(),
                 &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("20 bytes"),
             ) != 0
             {
                 return Err(format!("bind: {}", std::io::Error::last_os_error()));
@@ -101,7 +101,7 @@ impl PacketSocket {
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
+                u32::try_from(std::mem::size_of::<libc::timeval>()).expect("16 bytes"),
             );
             Ok(PacketSocket { fd })
         }

@@ -249,7 +249,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("IPv6"));
-        assert!(resolve("a b", t).await.is_err());
+        let err = resolve("a b", t).await.unwrap_err();
+        assert!(matches!(err, EfsError::Resolve { .. }), "{err}");
         let err = resolve("no-such-host.invalid", Duration::from_secs(2))
             .await
             .unwrap_err();

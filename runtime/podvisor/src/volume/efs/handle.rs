@@ -120,7 +120,8 @@ mod tests {
             "fs-123:/a:ap-1",
             "fs-123:/a:fsap-1:extra",
         ] {
-            assert!(parse(h).is_err(), "{h:?} parsed");
+            let err = parse(h).unwrap_err();
+            assert!(matches!(err, EfsError::BadHandle { .. }), "{h:?}: {err}");
         }
         let err = parse("fs-1:/../etc").unwrap_err().to_string();
         assert!(err.contains("fs-1:/../etc"), "{err}");

@@ -211,7 +211,8 @@ mod tests {
              2 1 8:2 /x {sub} rw - ext4 /dev/sdb1 rw\n",
             sub = sub.display()
         ));
-        assert!(csi_volume(&sub, &table).is_err());
+        let err = csi_volume(&sub, &table).unwrap_err();
+        assert!(matches!(err, EfsError::SubPath { .. }), "{err}");
     }
 
     #[test]

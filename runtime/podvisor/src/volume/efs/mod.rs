@@ -197,10 +197,14 @@ impl<'a> Planner<'a> {
     }
 
     pub fn with_mounts(config: &'a EfsConfig, mounts: MountTable) -> Self {
+        Self::with_deadline(config, mounts, Instant::now() + config.mount_timeout())
+    }
+
+    fn with_deadline(config: &'a EfsConfig, mounts: MountTable, deadline: Instant) -> Self {
         Planner {
             config,
             mounts,
-            deadline: Instant::now() + config.mount_timeout(),
+            deadline,
         }
     }
 
@@ -349,6 +353,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_agents_timeout_is_what_is_left_of_the_deadline() {
+        let cfg = config();
+        let now = Instant::now();
+        let past = Planner::with_deadline(&cfg, MountTable::default(), now);
+        assert_eq!(
+            past.timeout_ms(),
+            1,
+            "spent: 1 ms, never 0 (the agent's default)"
+        );
+        let far = now + Duration::from_secs(u64::from(u32::MAX));
+        let far = Planner::with_deadline(&cfg, MountTable::default(), far);
+        assert_eq!(far.timeout_ms(), u32::MAX, "saturates");
+        let soon =
+            Planner::with_deadline(&cfg, MountTable::default(), now + Duration::from_secs(30));
+        assert!(soon.timeout_ms() <= 30_000 && soon.timeout_ms() > 1);
+    }
+
     #[tokio::test]
     async fn a_plan_names_the_guest_target_and_options() {
         let root = tempfile::tempdir().unwrap();
@@ -361,7 +383,8 @@ mod tests {
         assert_eq!(v.mount.fstype, "nfs4");
         assert!(v.mount.readonly);
         assert!(v.mount.options.contains(&"addr=10.0.0.5".to_string()));
-        assert!((29_000..=30_000).contains(&planner.timeout_ms()));
+        // Never more than the configured bound (how much less is the clock's).
+        assert!(planner.timeout_ms() <= 30_000, "{}", planner.timeout_ms());
         assert_eq!(
             planner.plan("c1", 0, root.path(), false).await.unwrap(),
             None
