@@ -190,8 +190,7 @@ mod tests {
     /// after a delay, instead of being dropped.
     #[test]
     fn a_signal_waits_for_the_handler_of_a_namespace_init() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED a_signal_waits_for_the_handler_of_a_namespace_init: unshare(CLONE_NEWPID) needs root");
+        if !podvisor_test_skip::require_root("a_signal_waits_for_the_handler_of_a_namespace_init") {
             return;
         }
         // The shell is PID 1 of a new PID namespace and installs its TERM
