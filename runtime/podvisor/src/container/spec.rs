@@ -289,15 +289,24 @@ fn capabilities(requested: Option<&cri::Capability>) -> Vec<String> {
     let Some(requested) = requested else {
         return caps;
     };
+    let add: Vec<String> = requested.add_capabilities.iter().map(normalize).collect();
     let drop: Vec<String> = requested.drop_capabilities.iter().map(normalize).collect();
+    // As kubelet's other runtimes read it: adding ALL starts from every
+    // capability and then drops; otherwise drops apply to the default set
+    // first (dropping ALL empties it) and the adds come after. Policy mode
+    // `fargate` refuses any add but SYS_PTRACE before this.
+    if add.iter().any(|c| c == "ALL") {
+        caps = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        caps.retain(|c| !drop.contains(c));
+        return caps;
+    }
     if drop.iter().any(|c| c == "ALL") {
         caps.clear();
     } else {
         caps.retain(|c| !drop.contains(c));
     }
-    for add in requested.add_capabilities.iter().map(normalize) {
-        // "ALL" is for privileged containers, which policy refuses.
-        if add != "ALL" && !caps.contains(&add) {
+    for add in add {
+        if !caps.contains(&add) {
             caps.push(add);
         }
     }
@@ -518,6 +527,14 @@ mod tests {
             add_ambient_capabilities: vec![],
         }));
         assert_eq!(none, ["CAP_NET_ADMIN"]);
+        let all = capabilities(Some(&cri::Capability {
+            add_capabilities: vec!["ALL".into()],
+            drop_capabilities: vec!["sys_admin".into()],
+            add_ambient_capabilities: vec![],
+        }));
+        assert_eq!(all.len(), ALL_CAPABILITIES.len() - 1);
+        assert!(all.contains(&"CAP_BPF".to_string()));
+        assert!(!all.contains(&"CAP_SYS_ADMIN".to_string()));
     }
 
     #[test]
