@@ -18,7 +18,13 @@ fn cri_proto() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .output()
         .expect("running cargo metadata");
@@ -100,13 +106,15 @@ async fn grpcio_drives_a_pod_with_any_authority_in_netns() {
     let image = format!("{}/interop/busybox:1.0", registry.addr());
     let (daemon, _cri) = Daemon::start().await;
 
-    for (authority, name) in [("default", "grpcio-default"), ("socket-path", "grpcio-path")] {
+    for (authority, name) in [
+        ("default", "grpcio-default"),
+        ("socket-path", "grpcio-path"),
+    ] {
         let socket = daemon.socket.clone();
         let image = image.clone();
-        let r =
-            tokio::task::spawn_blocking(move || run_client(&socket, &image, name, authority))
-                .await
-                .unwrap();
+        let r = tokio::task::spawn_blocking(move || run_client(&socket, &image, name, authority))
+            .await
+            .unwrap();
         assert_eq!(r["runtime_name"], "podvisor", "{r}");
         assert_eq!(r["runtime_api_version"], "v1", "{r}");
         assert!(

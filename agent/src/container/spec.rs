@@ -154,7 +154,8 @@ pub fn prepare_spec(spec: &mut Spec, ctx: &SpecContext<'_>) -> Result<()> {
 }
 
 fn device_number(n: u64) -> Result<i64> {
-    i64::try_from(n).map_err(|_| AgentError::MalformedSpec(format!("device number {n} out of range")))
+    i64::try_from(n)
+        .map_err(|_| AgentError::MalformedSpec(format!("device number {n} out of range")))
 }
 
 fn is_privileged(spec: &Spec) -> bool {
@@ -179,8 +180,8 @@ fn guest_devices(root: &Path) -> Result<Vec<oci_spec::runtime::LinuxDevice>> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| AgentError::io(format!("listing {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| AgentError::io(format!("listing {}", dir.display()), e))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -555,9 +556,16 @@ mod tests {
         let node = |rel: &str, major: u64, minor: u64| {
             let path = dev.path().join(rel);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(major, minor)).unwrap();
+            mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o600),
+                makedev(major, minor),
+            )
+            .unwrap();
             // Not through mknod's mode, which the umask trims.
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o620)).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o620))
+                .unwrap();
         };
         node("null", 1, 3);
         node("net/tun", 10, 200);
@@ -575,7 +583,10 @@ mod tests {
         .unwrap();
 
         let mut spec = minimal_spec();
-        let annotations = [(podvisor_proto::PRIVILEGED_ANNOTATION.to_string(), "true".to_string())];
+        let annotations = [(
+            podvisor_proto::PRIVILEGED_ANNOTATION.to_string(),
+            "true".to_string(),
+        )];
         spec.set_annotations(Some(annotations.into_iter().collect()));
         let files = SandboxFiles::default();
         let mut refused = spec.clone();

@@ -677,7 +677,9 @@ mod tests {
             privileged: true,
             ..Default::default()
         });
-        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let caps = spec["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
         assert_eq!(caps.len(), ALL_CAPABILITIES.len());
         assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
         assert!(caps.contains(&json!("CAP_NET_ADMIN")));
@@ -700,7 +702,9 @@ mod tests {
     #[test]
     fn an_ordinary_container_keeps_the_defaults() {
         let spec = spec_with_security(cri::LinuxContainerSecurityContext::default());
-        let caps = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let caps = spec["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
         assert!(spec["linux"].get("maskedPaths").is_none(), "agent defaults");

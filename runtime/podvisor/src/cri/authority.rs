@@ -623,7 +623,10 @@ mod tests {
         let mut sink = Vec::new();
         let err = fixed.read_to_end(&mut sink).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("interrupted a header block"), "{err}");
+        assert!(
+            err.to_string().contains("interrupted a header block"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -411,7 +411,10 @@ mod tests {
             mount("", "/image-volume"),
         ];
         assert_eq!(admit_container(Some(&p), &c, PolicyMode::Fargate), Ok(()));
-        assert_eq!(admit_container(None, &container("bare"), PolicyMode::Fargate), Ok(()));
+        assert_eq!(
+            admit_container(None, &container("bare"), PolicyMode::Fargate),
+            Ok(())
+        );
     }
 
     #[test]
@@ -433,7 +436,8 @@ mod tests {
             privileged: true,
             ..Default::default()
         });
-        let err = admit_container(Some(&pod("web", "prod", &[])), &c, PolicyMode::Fargate).unwrap_err();
+        let err =
+            admit_container(Some(&pod("web", "prod", &[])), &c, PolicyMode::Fargate).unwrap_err();
         assert_eq!(refused_rule(Err(err.clone())), Rule::Privileged);
         let message = err.to_string();
         assert!(
@@ -458,7 +462,10 @@ mod tests {
                 namespace_options: Some(ns),
                 ..Default::default()
             });
-            assert_eq!(refused_rule(admit_container(None, &c, PolicyMode::Fargate)), rule);
+            assert_eq!(
+                refused_rule(admit_container(None, &c, PolicyMode::Fargate)),
+                rule
+            );
         }
     }
 
@@ -527,7 +534,10 @@ mod tests {
             host_path: "/dev/nvidia0".into(),
             ..Default::default()
         }];
-        assert_eq!(refused_rule(admit_container(None, &gpu, vm)), Rule::HostDevice);
+        assert_eq!(
+            refused_rule(admit_container(None, &gpu, vm)),
+            Rule::HostDevice
+        );
     }
 
     #[test]
@@ -541,7 +551,11 @@ mod tests {
                 .to_string()
         };
         let words = |rule: &str| -> Vec<String> {
-            line(rule).split_whitespace().take(3).map(String::from).collect()
+            line(rule)
+                .split_whitespace()
+                .take(3)
+                .map(String::from)
+                .collect()
         };
         assert_eq!(words("privileged"), ["privileged", "allowed", "[fargate]"]);
         assert_eq!(words("host-pid"), ["host-pid", "refused", "[fargate,vm]"]);
@@ -558,7 +572,10 @@ mod tests {
             "kube-system",
             &[("pod-template-generation", "1")],
         );
-        assert_eq!(refused_rule(admit_sandbox(&p, PolicyMode::Fargate)), Rule::DaemonSet);
+        assert_eq!(
+            refused_rule(admit_sandbox(&p, PolicyMode::Fargate)),
+            Rule::DaemonSet
+        );
     }
 
     #[test]
@@ -612,7 +629,8 @@ mod tests {
             (&[][..], &["NET_RAW"][..]),
             (&["SYS_PTRACEX"][..], &[][..]),
         ] {
-            let err = admit_container(None, &with_caps(add, ambient), PolicyMode::Fargate).unwrap_err();
+            let err =
+                admit_container(None, &with_caps(add, ambient), PolicyMode::Fargate).unwrap_err();
             assert!(err.to_string().contains("SYS_PTRACE"), "{err}");
             assert_eq!(
                 refused_rule(Err(err)),
@@ -642,7 +660,11 @@ mod tests {
     #[test]
     fn explain_lists_every_rule_once() {
         let text = explain(PolicyMode::Fargate);
-        assert_eq!(text.lines().count(), Rule::ALL.len() + 1, "a mode line, then the rules");
+        assert_eq!(
+            text.lines().count(),
+            Rule::ALL.len() + 1,
+            "a mode line, then the rules"
+        );
         for rule in Rule::ALL {
             let line = text
                 .lines()

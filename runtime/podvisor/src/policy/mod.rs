@@ -22,8 +22,8 @@ pub use admission::{
 };
 pub use config::PolicyConfig;
 pub use error::{PolicyConfigError, PolicyError};
-pub use mode::PolicyMode;
 pub use limits::{LimitsConfig, Rlimit, DEFAULT_RLIMIT_HARD, DEFAULT_RLIMIT_SOFT};
+pub use mode::PolicyMode;
 pub use profile::{select_profile, Profile, Selector, MAX_SELECTORS, PROFILE_ANNOTATION};
 pub use sizing::{
     size, Capacity, Request, VmSize, CAPACITY_PROVISIONED_ANNOTATION, CPU_PERIOD_US, LARGEST,

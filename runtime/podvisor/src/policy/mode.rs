@@ -33,10 +33,9 @@ impl PolicyMode {
     pub fn enforces(self, rule: Rule) -> bool {
         match self {
             PolicyMode::Fargate => true,
-            PolicyMode::Vm => !matches!(
-                rule,
-                Rule::Privileged | Rule::Capability | Rule::DaemonSet
-            ),
+            PolicyMode::Vm => {
+                !matches!(rule, Rule::Privileged | Rule::Capability | Rule::DaemonSet)
+            }
         }
     }
 }
