@@ -14,8 +14,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub type Cri = RuntimeServiceClient<Channel>;
 pub type Images = ImageServiceClient<Channel>;
 
-/// The daemon binary built next to the test binaries (target/*/podvisor).
+/// The daemon binary built next to the test binaries (target/*/podvisor),
+/// or `PODVISOR_DAEMON` when set (a target directory shared by several
+/// trees may hold another tree's build).
 pub fn daemon_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PODVISOR_DAEMON") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // A bin (a benchmark) sits next to the daemon; a test one level down.
     if let Some(beside) = exe.parent().map(|d| d.join("podvisor")) {
@@ -142,6 +147,29 @@ impl Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as systemd stops the daemon; its exit status once it has
+    /// ended (its pods keep running).
+    pub async fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the daemon");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("podvisor did not exit within {limit:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -123,7 +123,7 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         efs.validate().unwrap();
 
         let network = NetworkConfig {
-            primary_cidr: "10.211.0.0/24".parse().unwrap(),
+            primary_cidr: Some("10.211.0.0/24".parse().unwrap()),
             ..Default::default()
         };
         let manager = NetworkManager::new(network, &dir.path().join("net")).unwrap();

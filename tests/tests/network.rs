@@ -104,7 +104,7 @@ fn assert_nothing_of(pods: &[&PodNetwork], context: &str) {
 
 fn config(primary: &str) -> NetworkConfig {
     NetworkConfig {
-        primary_cidr: primary.parse().unwrap(),
+        primary_cidr: Some(primary.parse().unwrap()),
         // Jumbo frames like an AWS ENI: proves the MTU reaches tap and guest.
         mtu: 9001,
         ..Default::default()

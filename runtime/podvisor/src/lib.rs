@@ -10,6 +10,7 @@ pub mod agent_client;
 pub mod config;
 pub mod container;
 pub mod cri;
+pub mod events;
 pub mod hypervisor;
 pub mod ids;
 pub mod image;

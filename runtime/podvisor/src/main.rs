@@ -10,6 +10,7 @@ use podvisor::config::{Config, DEFAULT_CONFIG_PATH};
 use podvisor::container::ContainerManager;
 use podvisor::cri::image::Images;
 use podvisor::cri::runtime::Runtime;
+use podvisor::events::EventBus;
 use podvisor::image::ImageService;
 use podvisor::network::NetworkManager;
 use podvisor::sandbox::SandboxManager;
@@ -91,10 +92,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         NetworkManager::new(config.network.clone(), &config.state_dir)
             .map_err(|e| format!("pod network: {e}"))?,
     );
+    let events = Arc::new(EventBus::default());
     let sandboxes = Arc::new(SandboxManager::new(
         config.clone(),
         backend,
         network.clone(),
+        events.clone(),
     ));
     sandboxes
         .recover()
@@ -112,7 +115,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("opening the image store: {e}"))?;
-    let containers = ContainerManager::new(config.clone(), sandboxes.clone(), images.clone());
+    let containers = ContainerManager::new(
+        config.clone(),
+        sandboxes.clone(),
+        images.clone(),
+        events.clone(),
+    );
+    podvisor::cri::events::install(&events, &sandboxes, &containers);
     containers.recover().await;
 
     let socket = &config.socket;
@@ -138,6 +147,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         sandboxes,
         containers: containers.clone(),
         streaming,
+        events: events.clone(),
     };
     let image_service = Images { images, containers };
     let stop = async {
@@ -150,6 +160,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         // Pods keep running: their VMs live in their own process groups and
         // the next daemon re-attaches to them.
         tracing::info!("shutting down; pods keep running");
+        // Open event streams would hold the graceful shutdown forever:
+        // end them now, cleanly (kubelet resubscribes to the next daemon).
+        events.close();
     };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime))

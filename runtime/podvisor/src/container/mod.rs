@@ -23,6 +23,7 @@ use podvisor_proto::{
 use tonic::Code;
 
 use crate::config::Config;
+use crate::events::{Event, EventBus, EventKind};
 pub use crate::ids::now_ns;
 use crate::ids::random_id;
 use crate::image::{ImageError, ImageService};
@@ -125,8 +126,8 @@ impl Container {
         record.save()
     }
 
-    /// Records how the main process ended, once.
-    fn record_exit(&self, mut exit: ExitRecord) {
+    /// Records how the main process ended, once, and tells subscribers.
+    fn record_exit(&self, mut exit: ExitRecord, events: &EventBus) {
         let mut record = self.lock();
         if record.exit.is_some() {
             return;
@@ -138,6 +139,20 @@ impl Container {
         if let Err(e) = record.save() {
             tracing::warn!(id = %record.id, %e, "saving the container's exit");
         }
+        let event = Event::now(&record.id, &record.sandbox_id, EventKind::Stopped);
+        drop(record);
+        events.publish(event);
+    }
+}
+
+/// How a container ended whose pod VM is gone.
+fn pod_gone_exit(sandbox_reason: Option<String>) -> ExitRecord {
+    let why = sandbox_reason.unwrap_or_else(|| "the pod sandbox was stopped".into());
+    ExitRecord {
+        code: 255,
+        finished_at_ns: now_ns(),
+        reason: "Error".into(),
+        message: format!("the pod VM is gone: {why}"),
     }
 }
 
@@ -170,6 +185,7 @@ pub struct ContainerManager {
     config: Arc<Config>,
     sandboxes: Arc<SandboxManager>,
     images: ImageService,
+    events: Arc<EventBus>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Names (sandbox, name, attempt) being created: claimed before the
     /// slow part, so a name is never taken twice while creations of
@@ -199,11 +215,13 @@ impl ContainerManager {
         config: Arc<Config>,
         sandboxes: Arc<SandboxManager>,
         images: ImageService,
+        events: Arc<EventBus>,
     ) -> Arc<Self> {
         Arc::new(ContainerManager {
             config,
             sandboxes,
             images,
+            events,
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
         })
@@ -261,15 +279,7 @@ impl ContainerManager {
         if sandbox.state == SandboxState::Ready {
             return record;
         }
-        let why = sandbox
-            .reason
-            .unwrap_or_else(|| "the pod sandbox was stopped".into());
-        container.record_exit(ExitRecord {
-            code: 255,
-            finished_at_ns: now_ns(),
-            reason: "Error".into(),
-            message: format!("the pod VM is gone: {why}"),
-        });
+        container.record_exit(pod_gone_exit(sandbox.reason), &self.events);
         container.record()
     }
 
@@ -368,6 +378,8 @@ impl ContainerManager {
         }
         self.map().insert(id.clone(), Container::new(record));
         tracing::info!(%id, sandbox = %sandbox.id, image = %image.display_name(), "container created");
+        self.events
+            .publish(Event::now(&id, &sandbox.id, EventKind::Created));
         Ok(id)
     }
 
@@ -532,13 +544,22 @@ impl ContainerManager {
         })?;
         self.watch(&container, &pod);
         tracing::info!(id = %record.id, "container started");
+        self.events.publish(Event::now(
+            &record.id,
+            &record.sandbox_id,
+            EventKind::Started,
+        ));
         Ok(())
     }
 
     /// Starts the log pump and the exit waiter of a running container.
     fn watch(self: &Arc<Self>, container: &Arc<Container>, pod: &Arc<Pod>) {
         let pump = tokio::spawn(io::pump_logs(container.clone(), pod.clone()));
-        let waiter = tokio::spawn(wait_exit(container.clone(), pod.clone()));
+        let waiter = tokio::spawn(wait_exit(
+            container.clone(),
+            pod.clone(),
+            self.events.clone(),
+        ));
         container
             .tasks
             .lock()
@@ -569,12 +590,15 @@ impl ContainerManager {
         let mut agent = pod.agent().await?;
         if record.state == ContainerState::Created {
             // Never started: nothing to signal; it ends when removed.
-            container.record_exit(ExitRecord {
-                code: 0,
-                finished_at_ns: now_ns(),
-                reason: "Error".into(),
-                message: "stopped before it was started".into(),
-            });
+            container.record_exit(
+                ExitRecord {
+                    code: 0,
+                    finished_at_ns: now_ns(),
+                    reason: "Error".into(),
+                    message: "stopped before it was started".into(),
+                },
+                &self.events,
+            );
             return Ok(());
         }
         let wait = |agent: &mut crate::agent_client::Agent| {
@@ -602,7 +626,7 @@ impl ContainerManager {
                 .await
                 .map_err(agent_err("signalling the container"))?;
             if let Ok(Ok(exit)) = tokio::time::timeout(timeout, wait(&mut agent)).await {
-                container.record_exit(exit_record(&exit));
+                container.record_exit(exit_record(&exit), &self.events);
                 return Ok(());
             }
         }
@@ -618,7 +642,7 @@ impl ContainerManager {
             .map_err(agent_err("killing the container"))?;
         match tokio::time::timeout(KILL_WAIT, wait(&mut agent)).await {
             Ok(Ok(exit)) => {
-                container.record_exit(exit_record(&exit));
+                container.record_exit(exit_record(&exit), &self.events);
                 Ok(())
             }
             Ok(Err(s)) => Err(agent_err("waiting for the container to end")(s)),
@@ -663,6 +687,11 @@ impl ContainerManager {
         }
         self.map().remove(&record.id);
         tracing::info!(id = %record.id, "container removed");
+        self.events.publish(Event::now(
+            &record.id,
+            &record.sandbox_id,
+            EventKind::Deleted,
+        ));
         Ok(())
     }
 
@@ -694,6 +723,20 @@ impl ContainerManager {
             self.remove(&id).await?;
         }
         Ok(())
+    }
+
+    /// The pod's containers as recorded, oldest first, without asking
+    /// whether the pod still runs (for event messages, which are built
+    /// while state changes).
+    pub fn records_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        let mut records: Vec<ContainerRecord> = self
+            .map()
+            .values()
+            .map(|c| c.record())
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .collect();
+        records.sort_by_key(|r| r.created_at_ns);
+        records
     }
 
     pub fn of_sandbox(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
@@ -849,8 +892,9 @@ impl ContainerManager {
 }
 
 /// Waits for the main process to end and records how; rides out a lost
-/// connection to the agent until the pod itself is gone.
-async fn wait_exit(container: Arc<Container>, pod: Arc<Pod>) {
+/// connection to the agent until the pod itself is gone, and then records
+/// the container as ended with its pod.
+async fn wait_exit(container: Arc<Container>, pod: Arc<Pod>, events: Arc<EventBus>) {
     let id = container.id();
     loop {
         let agent = pod.agent().await;
@@ -867,12 +911,14 @@ async fn wait_exit(container: Arc<Container>, pod: Arc<Pod>) {
         };
         match result {
             Ok(exit) => {
-                container.record_exit(exit_record(&exit));
+                container.record_exit(exit_record(&exit), &events);
                 tracing::info!(%id, code = exit.exit_code, "container exited");
                 return;
             }
             Err(e) => {
-                if pod.record().state != SandboxState::Ready {
+                let sandbox = pod.record();
+                if sandbox.state != SandboxState::Ready {
+                    container.record_exit(pod_gone_exit(sandbox.reason), &events);
                     return;
                 }
                 tracing::debug!(%id, %e, "waiting for the container; retrying");

@@ -2,7 +2,10 @@
 //! validation, and the mapping of module errors onto gRPC codes.
 
 pub mod authority;
+pub mod events;
+pub mod handler;
 pub mod image;
+pub mod metrics;
 pub mod runtime;
 
 use tonic::Status;

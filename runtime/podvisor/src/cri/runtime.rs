@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::container::{ContainerManager, ContainerRecord, ContainerState};
+use crate::events::EventBus;
+use crate::network::PodCidrChange;
 use crate::sandbox::{PodMetadata, RunRequest, SandboxManager, SandboxRecord, SandboxState};
 
 /// The CRI API version this runtime speaks.
@@ -21,6 +23,8 @@ pub struct Runtime {
     pub sandboxes: Arc<SandboxManager>,
     pub containers: Arc<ContainerManager>,
     pub streaming: Arc<crate::streaming::StreamingServer>,
+    /// GetContainerEvents' subscribers; closed when the daemon stops.
+    pub events: Arc<EventBus>,
 }
 
 fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
@@ -31,7 +35,7 @@ fn unsorted(map: &BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn metadata_of(r: &SandboxRecord) -> cri::PodSandboxMetadata {
+pub(crate) fn metadata_of(r: &SandboxRecord) -> cri::PodSandboxMetadata {
     cri::PodSandboxMetadata {
         name: r.metadata.name.clone(),
         uid: r.metadata.uid.clone(),
@@ -40,7 +44,7 @@ fn metadata_of(r: &SandboxRecord) -> cri::PodSandboxMetadata {
     }
 }
 
-fn state_of(r: &SandboxRecord) -> cri::PodSandboxState {
+pub(crate) fn state_of(r: &SandboxRecord) -> cri::PodSandboxState {
     match r.state {
         SandboxState::Ready => cri::PodSandboxState::SandboxReady,
         SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
@@ -49,12 +53,10 @@ fn state_of(r: &SandboxRecord) -> cri::PodSandboxState {
 
 /// Checks a RunPodSandbox config, lets policy admit and size it, and turns
 /// it into a sandbox request.
-fn run_request(
-    config: Option<cri::PodSandboxConfig>,
-    defaults: &Config,
-) -> Result<RunRequest, Status> {
-    let config =
-        config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is missing"))?;
+fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunRequest, Status> {
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is missing"))?;
     let m = config
         .metadata
         .clone()
@@ -70,6 +72,7 @@ fn run_request(
             )));
         }
     }
+    super::handler::check(&req.runtime_handler)?;
     let admission = defaults.policy.admit_pod(&config)?;
     let size = admission.size;
     let mut annotations = sorted(&config.annotations);
@@ -97,7 +100,29 @@ fn run_request(
         vcpus: size.vcpus,
         memory_mib: u32::try_from(size.memory_mib).unwrap_or(u32::MAX),
         cpu_quota_us: (defaults.sandbox.cpu_quota && fractional).then(|| size.cpu_quota_us()),
+        runtime_handler: req.runtime_handler,
     })
+}
+
+/// PodSandboxStatus's `status`, as GetContainerEvents sends it too.
+pub(crate) fn pod_status(
+    r: &SandboxRecord,
+    ip: Option<std::net::Ipv4Addr>,
+) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(metadata_of(r)),
+        state: state_of(r) as i32,
+        created_at: r.created_at_ns,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            additional_ips: vec![],
+        }),
+        linux: None,
+        labels: unsorted(&r.labels),
+        annotations: unsorted(&r.annotations),
+        runtime_handler: r.runtime_handler.clone(),
+    }
 }
 
 fn matches_filter(r: &SandboxRecord, filter: &cri::PodSandboxFilter) -> bool {
@@ -133,7 +158,7 @@ fn container_matches(r: &ContainerRecord, filter: &cri::ContainerFilter) -> bool
             .all(|(k, v)| r.labels.get(k) == Some(v))
 }
 
-fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+pub(crate) fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
     let exit = r.exit.clone().unwrap_or(crate::container::ExitRecord {
         code: 0,
         finished_at_ns: 0,
@@ -322,7 +347,7 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let run = run_request(req.into_inner().config, &self.config)?;
+        let run = run_request(req.into_inner(), &self.config)?;
         tracing::Span::current().record(
             "pod",
             format!("{}/{}", run.metadata.namespace, run.metadata.name),
@@ -389,28 +414,19 @@ impl RuntimeService for Runtime {
             });
             info.insert("info".to_string(), json.to_string());
         }
+        // With the containers and a timestamp, as kubelet's Evented PLEG
+        // reads a pod's whole status from this one call.
+        let containers_statuses = self
+            .containers
+            .of_sandbox(&r.id)
+            .iter()
+            .map(container_status)
+            .collect();
         Ok(Response::new(cri::PodSandboxStatusResponse {
-            status: Some(cri::PodSandboxStatus {
-                id: r.id.clone(),
-                metadata: Some(metadata_of(&r)),
-                state: state_of(&r) as i32,
-                created_at: r.created_at_ns,
-                network: Some(cri::PodSandboxNetworkStatus {
-                    ip: self
-                        .sandboxes
-                        .ip(&r.id)
-                        .map(|ip| ip.to_string())
-                        .unwrap_or_default(),
-                    additional_ips: vec![],
-                }),
-                linux: None,
-                labels: unsorted(&r.labels),
-                annotations: unsorted(&r.annotations),
-                runtime_handler: String::new(),
-            }),
+            status: Some(pod_status(&r, self.sandboxes.ip(&r.id))),
             info,
-            containers_statuses: vec![],
-            timestamp: 0,
+            containers_statuses,
+            timestamp: crate::ids::now_ns(),
         }))
     }
 
@@ -432,7 +448,7 @@ impl RuntimeService for Runtime {
                 created_at: r.created_at_ns,
                 labels: unsorted(&r.labels),
                 annotations: unsorted(&r.annotations),
-                runtime_handler: String::new(),
+                runtime_handler: r.runtime_handler.clone(),
             })
             .collect();
         Ok(Response::new(cri::ListPodSandboxResponse { items }))
@@ -474,8 +490,10 @@ impl RuntimeService for Runtime {
                 conditions: vec![runtime, network],
             }),
             info: HashMap::new(),
-            runtime_handlers: vec![],
-            features: None,
+            runtime_handlers: super::handler::runtime_handlers(),
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
         }))
     }
 
@@ -490,12 +508,34 @@ impl RuntimeService for Runtime {
         }))
     }
 
+    /// kubelet's pod CIDR becomes the primary pod subnet unless the config
+    /// file sets `network.primary_cidr`.
     async fn update_runtime_config(
         &self,
-        _: Request<cri::UpdateRuntimeConfigRequest>,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        // The pod CIDR kubelet sends is not used: podvisor allocates pod
-        // addresses from its own configured subnets.
+        let pod_cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        let change = self
+            .sandboxes
+            .network()
+            .set_pod_cidr(&pod_cidr)
+            .await
+            .map_err(|e| {
+                let message = format!("UpdateRuntimeConfig: {e}");
+                if e.is_invalid_input() {
+                    Status::invalid_argument(message)
+                } else {
+                    Status::internal(message)
+                }
+            })?;
+        if let PodCidrChange::Ignored { configured } = change {
+            tracing::info!(%pod_cidr, %configured, "kubelet's pod CIDR ignored: network.primary_cidr is set in the config");
+        }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
@@ -708,14 +748,36 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        unimplemented("ListMetricDescriptors")
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: super::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        unimplemented("ListPodSandboxMetrics")
+        let mut pod_metrics = Vec::new();
+        for pod in self.sandboxes.list() {
+            let r = pod.record();
+            let traffic = self.sandboxes.network().traffic(&r.id);
+            let mut containers = Vec::new();
+            for c in self.containers.of_sandbox(&r.id) {
+                // A container that ended meanwhile has no usage to report.
+                let usage = match self.containers.stats(&c.id).await {
+                    Ok((_, usage)) => usage,
+                    Err(e) => {
+                        tracing::debug!(id = %c.id, %e, "container stats for metrics");
+                        None
+                    }
+                };
+                containers.push((c, usage));
+            }
+            pod_metrics.push(super::metrics::pod_metrics(&r, traffic, &containers));
+        }
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn list_containers(
@@ -802,6 +864,6 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        unimplemented("GetContainerEvents")
+        Ok(Response::new(Box::pin(self.events.subscribe())))
     }
 }

@@ -15,15 +15,23 @@ pub const IFNAME_MAX: usize = 15;
 pub const TAP_HASH_MIN: usize = 6;
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9216;
 
+/// The primary CIDR when neither the config nor kubelet names one.
+pub fn default_primary_cidr() -> Ipv4Cidr {
+    Ipv4Cidr::containing(Ipv4Addr::new(10, 88, 0, 0), 16).expect("a valid prefix")
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Pod addresses come from here first (like a VPC's primary CIDR).
-    pub primary_cidr: Ipv4Cidr,
+    /// Unset: kubelet's pod CIDR (UpdateRuntimeConfig) once it sends one,
+    /// [`DEFAULT_PRIMARY_CIDR`] until then. Set: kubelet's is ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_cidr: Option<Ipv4Cidr>,
     /// Used in order once the primary CIDR is full.
     pub secondary_cidrs: Vec<Ipv4Cidr>,
     /// The address every pod routes through; the host answers for it on
-    /// each pod's tap. Default: the first host address of `primary_cidr`.
+    /// each pod's tap. Default: the first host address of the primary CIDR.
     /// Never given to a pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
@@ -50,8 +58,7 @@ pub struct DnsDefaults {
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
-            primary_cidr: Ipv4Cidr::containing(Ipv4Addr::new(10, 88, 0, 0), 16)
-                .expect("a valid prefix"),
+            primary_cidr: None,
             secondary_cidrs: Vec::new(),
             gateway: None,
             mtu: 1500,
@@ -91,18 +98,32 @@ pub enum NetworkConfigError {
 }
 
 impl NetworkConfig {
+    /// The configured primary CIDR, or the default.
+    pub fn primary_cidr(&self) -> Ipv4Cidr {
+        self.primary_cidr.unwrap_or_else(default_primary_cidr)
+    }
+
+    /// This config with `primary` as its primary CIDR (kubelet's pod CIDR).
+    pub fn with_primary(&self, primary: Ipv4Cidr) -> NetworkConfig {
+        NetworkConfig {
+            primary_cidr: Some(primary),
+            ..self.clone()
+        }
+    }
+
     /// Primary first, then the secondaries in order.
     pub fn subnets(&self) -> Vec<Ipv4Cidr> {
-        std::iter::once(self.primary_cidr)
+        std::iter::once(self.primary_cidr())
             .chain(self.secondary_cidrs.iter().copied())
             .collect()
     }
 
     /// The configured gateway, or the primary CIDR's first host address.
     pub fn gateway(&self) -> Ipv4Addr {
+        let primary = self.primary_cidr();
         self.gateway
-            .or_else(|| self.primary_cidr.first_host())
-            .unwrap_or(self.primary_cidr.network())
+            .or_else(|| primary.first_host())
+            .unwrap_or(primary.network())
     }
 
     pub fn validate(&self) -> Result<(), NetworkConfigError> {
@@ -116,10 +137,10 @@ impl NetworkConfig {
             }
         }
         let gateway = self.gateway();
-        if !self.primary_cidr.is_host(gateway) {
+        if !self.primary_cidr().is_host(gateway) {
             return Err(NetworkConfigError::Gateway {
                 gateway,
-                primary: self.primary_cidr,
+                primary: self.primary_cidr(),
             });
         }
         if !MTU_RANGE.contains(&self.mtu) {
@@ -171,11 +192,10 @@ mod tests {
         assert_eq!(config.gateway(), Ipv4Addr::new(10, 88, 0, 1));
         assert_eq!(config.mtu, 1500);
         assert!(!config.masquerade);
+        assert_eq!(config.primary_cidr().to_string(), "10.88.0.0/16");
         let printed = toml::to_string(&config).unwrap();
-        assert!(
-            printed.contains("primary_cidr = \"10.88.0.0/16\""),
-            "{printed}"
-        );
+        // Printed, it would count as set and shut out kubelet's pod CIDR.
+        assert!(!printed.contains("primary_cidr"), "{printed}");
         assert!(printed.contains("\"fd00:ec2::254\""), "{printed}");
         assert_eq!(parse(&printed).unwrap(), config);
     }
@@ -212,7 +232,7 @@ mod tests {
             "network: pod subnets 10.88.0.0/16 and 10.88.128.0/17 overlap"
         );
         let err = check(NetworkConfig {
-            primary_cidr: "10.0.0.0/31".parse().unwrap(),
+            primary_cidr: Some("10.0.0.0/31".parse().unwrap()),
             ..base.clone()
         });
         assert!(err.contains("10.0.0.0/31"), "{err}");

@@ -26,11 +26,14 @@ use super::cidr::Ipv4Cidr;
 pub const STATE_FILE: &str = "ipam.json";
 const LOCK_FILE: &str = "ipam.lock";
 
-/// One sandbox's address and the subnet it came from.
+/// One sandbox's address, the subnet it came from and the gateway it was
+/// given (leases written before the pod CIDR could change have none).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Lease {
     pub ip: Ipv4Addr,
     pub subnet: Ipv4Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +70,15 @@ struct State {
     leases: BTreeMap<String, Lease>,
 }
 
-pub struct Ipam {
-    path: PathBuf,
+/// Where new addresses come from; changes when kubelet sends a pod CIDR.
+struct Pool {
     subnets: Vec<Ipv4Cidr>,
     gateway: Ipv4Addr,
+}
+
+pub struct Ipam {
+    path: PathBuf,
+    pool: Mutex<Pool>,
     state: Mutex<State>,
     _lock: Flock<File>,
 }
@@ -113,8 +121,7 @@ impl Ipam {
         }
         Ok(Ipam {
             path,
-            subnets,
-            gateway,
+            pool: Mutex::new(Pool { subnets, gateway }),
             state: Mutex::new(state),
             _lock: lock,
         })
@@ -131,21 +138,24 @@ impl Ipam {
             return Ok(*lease);
         }
         let used: HashSet<Ipv4Addr> = state.leases.values().map(|l| l.ip).collect();
-        let lease = self
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = pool
             .subnets
             .iter()
             .find_map(|subnet| {
                 subnet
                     .hosts()
-                    .find(|ip| *ip != self.gateway && !used.contains(ip))
+                    .find(|ip| *ip != pool.gateway && !used.contains(ip))
                     .map(|ip| Lease {
                         ip,
                         subnet: *subnet,
+                        gateway: Some(pool.gateway),
                     })
             })
             .ok_or_else(|| IpamError::Exhausted {
-                subnets: self.subnets.clone(),
+                subnets: pool.subnets.clone(),
             })?;
+        drop(pool);
         state.leases.insert(sandbox_id.to_string(), lease);
         if let Err(e) = self.persist(&state) {
             state.leases.remove(sandbox_id);
@@ -165,6 +175,12 @@ impl Ipam {
             return Err(e);
         }
         Ok(Some(lease))
+    }
+
+    /// New addresses come from `subnets` from now on; existing leases stay
+    /// as they are until released.
+    pub fn set_pool(&self, subnets: Vec<Ipv4Cidr>, gateway: Ipv4Addr) {
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Pool { subnets, gateway };
     }
 
     pub fn lease(&self, sandbox_id: &str) -> Option<Lease> {
@@ -312,6 +328,33 @@ mod tests {
         let c = ipam.allocate("c").unwrap();
         assert!(c.ip != a.ip && c.ip != b.ip, "{c:?}");
         assert!(!dir.path().join("ipam.tmp").exists());
+    }
+
+    #[test]
+    fn a_new_pool_serves_new_leases_and_keeps_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = open(dir.path(), &["10.88.0.0/24"]);
+        let old = ipam.allocate("old").unwrap();
+        assert_eq!(old.gateway, Some(Ipv4Addr::new(10, 88, 0, 1)));
+        ipam.set_pool(vec![cidr("10.244.1.0/24")], Ipv4Addr::new(10, 244, 1, 1));
+        let new = ipam.allocate("new").unwrap();
+        assert_eq!(new.ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(new.gateway, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(ipam.allocate("old").unwrap(), old, "kept, same address");
+        assert_eq!(ipam.lease("old"), Some(old));
+    }
+
+    #[test]
+    fn leases_without_a_gateway_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            br#"{"leases": {"a": {"ip": "10.1.0.2", "subnet": "10.1.0.0/24"}}}"#,
+        )
+        .unwrap();
+        let ipam = open(dir.path(), &["10.1.0.0/24"]);
+        assert_eq!(ipam.lease("a").unwrap().gateway, None);
+        assert_eq!(ipam.allocate("b").unwrap().ip, Ipv4Addr::new(10, 1, 0, 3));
     }
 
     #[test]

@@ -17,10 +17,13 @@ pub mod cidr;
 pub mod config;
 pub mod ipam;
 pub mod nft;
+pub mod pod_cidr;
+pub mod stats;
 pub mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use podvisor_netlink::{format_mac, Netlink, NetlinkError, Route};
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,7 @@ pub use cidr::Ipv4Cidr;
 pub use config::{DnsDefaults, NetworkConfig, NetworkConfigError};
 pub use ipam::{IpamError, Lease};
 use nft::{Nft, NftError};
+pub use pod_cidr::PodCidrError;
 
 /// What the guest calls the pod interface in SetupSandbox requests; the
 /// agent finds the NIC by MAC and routes naming this device go to it.
@@ -44,6 +48,8 @@ pub enum NetworkError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error(transparent)]
+    PodCidr(#[from] PodCidrError),
     #[error("tap {name}: {message}")]
     Tap { name: String, message: String },
     #[error("sysctl {key}: {source}")]
@@ -65,6 +71,28 @@ impl NetworkError {
     pub fn is_exhausted(&self) -> bool {
         matches!(self, NetworkError::Ipam(IpamError::Exhausted { .. }))
     }
+
+    /// The caller's input was wrong (kubelet's pod CIDR), not the host.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            NetworkError::Config(_)
+                | NetworkError::PodCidr(PodCidrError::Syntax { .. } | PodCidrError::NoIpv4(_))
+        )
+    }
+}
+
+/// What [`NetworkManager::set_pod_cidr`] did with kubelet's pod CIDR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodCidrChange {
+    /// kubelet sent none.
+    Empty,
+    /// `network.primary_cidr` is set in the config file and wins.
+    Ignored { configured: Ipv4Cidr },
+    /// Already the primary subnet.
+    Unchanged(Ipv4Cidr),
+    /// New pods get addresses from it.
+    Applied(Ipv4Cidr),
 }
 
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
@@ -141,7 +169,13 @@ pub struct Orphans {
 }
 
 pub struct NetworkManager {
-    config: NetworkConfig,
+    /// As the config file says.
+    configured: NetworkConfig,
+    /// What pods get now: the file's config, with kubelet's pod CIDR as the
+    /// primary when the file sets none.
+    config: RwLock<NetworkConfig>,
+    /// `<state_dir>/network`: leases and kubelet's pod CIDR.
+    dir: PathBuf,
     ipam: ipam::Ipam,
     /// Attach, detach and cleanup one at a time: each is a few netlink calls
     /// and one nft transaction, and serialising them keeps undo simple.
@@ -153,22 +187,81 @@ impl NetworkManager {
     /// `<state_dir>/network/`. Touches nothing of the host: that happens on
     /// attach, detach and cleanup, so the daemon starts (and reports
     /// NetworkReady false) on a host without nft.
-    pub fn new(config: NetworkConfig, state_dir: &Path) -> Result<NetworkManager> {
-        config.validate()?;
-        let ipam = ipam::Ipam::open(
-            &state_dir.join("network"),
-            config.subnets(),
-            config.gateway(),
-        )?;
+    pub fn new(configured: NetworkConfig, state_dir: &Path) -> Result<NetworkManager> {
+        configured.validate()?;
+        let dir = state_dir.join("network");
+        // kubelet's pod CIDR from before a restart: kubelet sends it again
+        // only when it restarts too.
+        let mut active = configured.clone();
+        if let Some(saved) = pod_cidr::load(&dir)? {
+            match effective(&configured, saved) {
+                Ok(Some(config)) => {
+                    tracing::info!(pod_cidr = %saved, "pod CIDR from kubelet (saved) is the primary subnet");
+                    active = config;
+                }
+                Ok(None) => {
+                    tracing::info!(pod_cidr = %saved, configured = %configured.primary_cidr(), "saved pod CIDR from kubelet ignored: network.primary_cidr is set")
+                }
+                Err(e) => {
+                    tracing::warn!(pod_cidr = %saved, %e, "saved pod CIDR from kubelet no longer fits the config; ignored")
+                }
+            }
+        }
+        let ipam = ipam::Ipam::open(&dir, active.subnets(), active.gateway())?;
         Ok(NetworkManager {
-            config,
+            config: RwLock::new(active),
+            configured,
+            dir,
             ipam,
             busy: tokio::sync::Mutex::new(()),
         })
     }
 
-    pub fn config(&self) -> &NetworkConfig {
-        &self.config
+    /// The network config pods get now (kubelet's pod CIDR applied).
+    pub fn config(&self) -> NetworkConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn activate(&self, active: NetworkConfig) {
+        self.ipam.set_pool(active.subnets(), active.gateway());
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = active;
+    }
+
+    /// kubelet's `pod_cidr` (UpdateRuntimeConfig): unless the config file
+    /// sets `primary_cidr`, its IPv4 CIDR becomes the primary subnet of new
+    /// pods (and is saved for restarts). Pods keep the addresses they have.
+    pub async fn set_pod_cidr(&self, value: &str) -> Result<PodCidrChange> {
+        let Some(cidr) = pod_cidr::parse(value)? else {
+            return Ok(PodCidrChange::Empty);
+        };
+        let Some(active) = effective(&self.configured, cidr)? else {
+            return Ok(PodCidrChange::Ignored {
+                configured: self.configured.primary_cidr(),
+            });
+        };
+        let _busy = self.busy.lock().await;
+        if self.config() == active {
+            return Ok(PodCidrChange::Unchanged(cidr));
+        }
+        pod_cidr::store(&self.dir, cidr)?;
+        self.activate(active);
+        tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet is the primary subnet for new pods");
+        Ok(PodCidrChange::Applied(cidr))
+    }
+
+    /// Subnets the masquerade rule covers: the pod subnets, and those of
+    /// pods leased from an earlier primary.
+    fn pod_subnets(&self) -> Vec<Ipv4Cidr> {
+        let mut subnets = self.config().subnets();
+        for lease in self.ipam.leases().into_values() {
+            if !subnets.contains(&lease.subnet) {
+                subnets.push(lease.subnet);
+            }
+        }
+        subnets
     }
 
     /// Gives the sandbox its address, tap, host route and firewall rules.
@@ -214,7 +307,7 @@ impl NetworkManager {
             }
             None => {
                 // No address: remove what a crash mid-attach may have left.
-                let tap = tap::tap_name(&self.config.tap_prefix, sandbox_id);
+                let tap = tap::tap_name(&self.configured.tap_prefix, sandbox_id);
                 self.remove_tap_and_rules(&tap).await?;
             }
         }
@@ -228,6 +321,14 @@ impl NetworkManager {
             .map(|lease| self.pod_network(sandbox_id, lease))
     }
 
+    /// What the pod sent and received through its tap, while it has one.
+    pub fn traffic(&self, sandbox_id: &str) -> Option<stats::PodTraffic> {
+        let pod = self.lease(sandbox_id)?;
+        stats::pod_traffic(&pod.tap)
+            .map_err(|e| tracing::debug!(sandbox = %sandbox_id, %e, "pod traffic counters"))
+            .ok()
+    }
+
     /// DNS for a pod: the pod's own when it names servers, else the
     /// configured defaults.
     pub fn dns(&self, pod: Option<&podvisor_proto::DnsConfig>) -> podvisor_proto::DnsConfig {
@@ -235,14 +336,14 @@ impl NetworkManager {
             Some(dns) if !dns.servers.is_empty() => dns.clone(),
             _ => podvisor_proto::DnsConfig {
                 servers: self
-                    .config
+                    .configured
                     .dns
                     .servers
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
-                searches: self.config.dns.searches.clone(),
-                options: self.config.dns.options.clone(),
+                searches: self.configured.dns.searches.clone(),
+                options: self.configured.dns.options.clone(),
             },
         }
     }
@@ -259,7 +360,7 @@ impl NetworkManager {
                 orphans.leases.push(id);
             }
         }
-        let prefix = &self.config.tap_prefix;
+        let prefix = &self.configured.tap_prefix;
         let known_taps: Vec<String> = known_sandbox_ids
             .iter()
             .map(|id| tap::tap_name(prefix, id))
@@ -274,11 +375,13 @@ impl NetworkManager {
         let nft = Nft::locate()?;
         for tap in nft.pod_taps().await? {
             if !known_taps.contains(&tap) {
-                nft.apply(&nft::detach_script(&self.config, &tap)).await?;
+                let script = nft::detach_script(&self.configured, &self.pod_subnets(), &tap);
+                nft.apply(&script).await?;
                 orphans.chains.push(tap);
             }
         }
-        nft.apply(&nft::base_script(&self.config)).await?;
+        nft.apply(&nft::base_script(&self.configured, &self.pod_subnets()))
+            .await?;
         if orphans != Orphans::default() {
             tracing::info!(?orphans, "removed orphaned pod networking");
         }
@@ -290,16 +393,17 @@ impl NetworkManager {
             sandbox_id: sandbox_id.to_string(),
             ip: lease.ip,
             subnet: lease.subnet,
-            gateway: self.config.gateway(),
-            mtu: self.config.mtu,
-            tap: tap::tap_name(&self.config.tap_prefix, sandbox_id),
+            // Leases from before gateways were recorded got the file's.
+            gateway: lease.gateway.unwrap_or_else(|| self.configured.gateway()),
+            mtu: self.configured.mtu,
+            tap: tap::tap_name(&self.configured.tap_prefix, sandbox_id),
             mac: format_mac(&tap::guest_mac(sandbox_id)),
         }
     }
 
     async fn plumb(&self, pod: &PodNetwork) -> Result<()> {
         if let Some((other, _)) = self.ipam.leases().into_iter().find(|(id, _)| {
-            id != &pod.sandbox_id && tap::tap_name(&self.config.tap_prefix, id) == pod.tap
+            id != &pod.sandbox_id && tap::tap_name(&self.configured.tap_prefix, id) == pod.tap
         }) {
             return Err(NetworkError::TapCollision {
                 sandbox: pod.sandbox_id.clone(),
@@ -314,8 +418,8 @@ impl NetworkManager {
         write_sysctl(&format!("net/ipv4/conf/{}/forwarding", pod.tap), "1")?;
         netlink.add_address(index, &pod.tap, IpAddr::V4(pod.gateway), 32)?;
         netlink.replace_route(&pod.host_route(Some(index)))?;
-        nft.apply(&nft::attach_script(&self.config, &pod.tap, pod.ip))
-            .await?;
+        let script = nft::attach_script(&self.configured, &self.pod_subnets(), &pod.tap, pod.ip);
+        nft.apply(&script).await?;
         Ok(())
     }
 
@@ -334,8 +438,8 @@ impl NetworkManager {
         let mut netlink = Netlink::open()?;
         tap::delete(&mut netlink, tap_name)?;
         let nft = Nft::locate()?;
-        nft.apply(&nft::detach_script(&self.config, tap_name))
-            .await?;
+        let script = nft::detach_script(&self.configured, &self.pod_subnets(), tap_name);
+        nft.apply(&script).await?;
         Ok(())
     }
 
@@ -349,6 +453,17 @@ impl NetworkManager {
         Netlink::open().map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// `configured` with kubelet's `pod_cidr` as primary, validated; None when
+/// the config file sets its own primary CIDR.
+fn effective(configured: &NetworkConfig, pod_cidr: Ipv4Cidr) -> Result<Option<NetworkConfig>> {
+    if configured.primary_cidr.is_some() {
+        return Ok(None);
+    }
+    let active = configured.with_primary(pod_cidr);
+    active.validate()?;
+    Ok(Some(active))
 }
 
 /// Writes a sysctl of the calling thread's network namespace
@@ -371,7 +486,7 @@ mod tests {
 
     fn manager(dir: &Path, primary: &str) -> NetworkManager {
         let config = NetworkConfig {
-            primary_cidr: primary.parse().unwrap(),
+            primary_cidr: Some(primary.parse().unwrap()),
             ..Default::default()
         };
         NetworkManager::new(config, dir).unwrap()
@@ -410,6 +525,97 @@ mod tests {
         let err = NetworkError::from(m.ipam.allocate("b").unwrap_err());
         assert!(err.is_exhausted(), "{err}");
         assert!(err.to_string().contains("10.7.0.0/30"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn kubelets_pod_cidr_serves_new_pods_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = NetworkManager::new(NetworkConfig::default(), dir.path()).unwrap();
+        let old = m.ipam.allocate("old").unwrap();
+        assert_eq!(old.ip, Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(m.set_pod_cidr("").await.unwrap(), PodCidrChange::Empty);
+
+        let cidr: Ipv4Cidr = "10.244.1.0/24".parse().unwrap();
+        let change = m.set_pod_cidr("10.244.1.0/24,fd00:10:244:1::/64").await;
+        assert_eq!(change.unwrap(), PodCidrChange::Applied(cidr));
+        let new = m.pod_network("new", m.ipam.allocate("new").unwrap());
+        assert_eq!(new.ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(new.gateway, Ipv4Addr::new(10, 244, 1, 1));
+        let kept = m.lease("old").unwrap();
+        assert_eq!(
+            (kept.ip, kept.gateway),
+            (old.ip, Ipv4Addr::new(10, 88, 0, 1))
+        );
+        assert_eq!(m.pod_subnets(), [cidr, "10.88.0.0/16".parse().unwrap()]);
+        assert_eq!(
+            m.set_pod_cidr("10.244.1.0/24").await.unwrap(),
+            PodCidrChange::Unchanged(cidr)
+        );
+
+        drop(m);
+        let m = NetworkManager::new(NetworkConfig::default(), dir.path()).unwrap();
+        assert_eq!(m.config().primary_cidr(), cidr, "kept across a restart");
+        assert_eq!(
+            m.ipam.allocate("third").unwrap().ip,
+            Ipv4Addr::new(10, 244, 1, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_configured_primary_cidr_wins_over_kubelets() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path(), "10.7.0.0/24");
+        let change = m.set_pod_cidr("10.244.1.0/24").await.unwrap();
+        assert_eq!(
+            change,
+            PodCidrChange::Ignored {
+                configured: "10.7.0.0/24".parse().unwrap()
+            }
+        );
+        assert_eq!(m.ipam.allocate("a").unwrap().ip, Ipv4Addr::new(10, 7, 0, 2));
+        assert!(!dir
+            .path()
+            .join("network")
+            .join(pod_cidr::STATE_FILE)
+            .exists());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_pod_cidr_is_invalid_input_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NetworkConfig {
+            secondary_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
+            gateway: None,
+            ..Default::default()
+        };
+        let m = NetworkManager::new(config, dir.path()).unwrap();
+        for bad in [
+            "10.244.1.1/24",
+            "fd00::/64",
+            "10.244.1.0/31",
+            "10.99.0.0/16",
+            "nonsense",
+        ] {
+            let err = m.set_pod_cidr(bad).await.unwrap_err();
+            assert!(err.is_invalid_input(), "{bad}: {err}");
+        }
+        assert_eq!(m.config().primary_cidr().to_string(), "10.88.0.0/16");
+        assert_eq!(
+            m.ipam.allocate("a").unwrap().ip,
+            Ipv4Addr::new(10, 88, 0, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_configured_gateway_must_lie_in_kubelets_cidr() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NetworkConfig {
+            gateway: Some(Ipv4Addr::new(10, 88, 0, 254)),
+            ..Default::default()
+        };
+        let m = NetworkManager::new(config, dir.path()).unwrap();
+        let err = m.set_pod_cidr("10.244.1.0/24").await.unwrap_err();
+        assert!(err.to_string().contains("gateway 10.88.0.254"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
+use super::cidr::Ipv4Cidr;
 use super::config::NetworkConfig;
 
 pub const FAMILY: &str = "inet";
@@ -167,9 +168,11 @@ fn objects<'a>(
 }
 
 /// The table, its dispatch map and chain, and the masquerade chain as the
-/// config wants it. Safe to apply any number of times, with pods running:
-/// it rewrites only the two shared chains, never the map or pod chains.
-pub fn base_script(config: &NetworkConfig) -> String {
+/// config wants it, for pods in `subnets` (the pod subnets, and those of
+/// pods leased before kubelet's pod CIDR replaced the primary). Safe to
+/// apply any number of times, with pods running: it rewrites only the two
+/// shared chains, never the map or pod chains.
+pub fn base_script(config: &NetworkConfig, subnets: &[Ipv4Cidr]) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let mut s = format!(
         "add table {t}\n\
@@ -181,7 +184,7 @@ pub fn base_script(config: &NetworkConfig) -> String {
          flush chain {t} postrouting\n"
     );
     if config.masquerade {
-        let subnets = set(config.subnets());
+        let subnets = set(subnets);
         s.push_str(&format!(
             "add rule {t} postrouting ip saddr {subnets} ip daddr != {subnets} masquerade\n"
         ));
@@ -192,10 +195,15 @@ pub fn base_script(config: &NetworkConfig) -> String {
 }
 
 /// The pod's chain and map element (after the base script).
-pub fn attach_script(config: &NetworkConfig, tap: &str, ip: Ipv4Addr) -> String {
+pub fn attach_script(
+    config: &NetworkConfig,
+    subnets: &[Ipv4Cidr],
+    tap: &str,
+    ip: Ipv4Addr,
+) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let chain = format!("{CHAIN_PREFIX}{tap}");
-    let mut s = base_script(config);
+    let mut s = base_script(config, subnets);
     s.push_str(&format!(
         "add chain {t} {chain}\n\
          flush chain {t} {chain}\n\
@@ -220,10 +228,10 @@ pub fn attach_script(config: &NetworkConfig, tap: &str, ip: Ipv4Addr) -> String 
 }
 
 /// Removes the pod's map element and chain, whether or not they exist.
-pub fn detach_script(config: &NetworkConfig, tap: &str) -> String {
+pub fn detach_script(config: &NetworkConfig, subnets: &[Ipv4Cidr], tap: &str) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let chain = format!("{CHAIN_PREFIX}{tap}");
-    let mut s = base_script(config);
+    let mut s = base_script(config, subnets);
     s.push_str(&format!(
         "add chain {t} {chain}\n\
          add element {t} pods {{ \"{tap}\" : jump {chain} }}\n\
@@ -246,7 +254,12 @@ mod tests {
     #[test]
     fn attach_blocks_metadata_and_spoofing_for_the_pod_tap() {
         let config = NetworkConfig::default();
-        let s = attach_script(&config, "pvtap0123456789", Ipv4Addr::new(10, 88, 0, 2));
+        let s = attach_script(
+            &config,
+            &config.subnets(),
+            "pvtap0123456789",
+            Ipv4Addr::new(10, 88, 0, 2),
+        );
         assert!(s.starts_with("add table inet podvisor\n"), "{s}");
         assert!(
             s.contains("add rule inet podvisor pod_pvtap0123456789 ip saddr != 10.88.0.2 drop\n")
@@ -267,7 +280,7 @@ mod tests {
             secondary_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
             ..Default::default()
         };
-        let s = base_script(&config);
+        let s = base_script(&config, &config.subnets());
         assert!(s.contains(
             "ip saddr { 10.88.0.0/16, 10.99.0.0/24 } ip daddr != { 10.88.0.0/16, 10.99.0.0/24 } masquerade"
         ), "{s}");
@@ -276,7 +289,8 @@ mod tests {
 
     #[test]
     fn detach_removes_exactly_the_pod_objects() {
-        let s = detach_script(&NetworkConfig::default(), "pvtapabc");
+        let config = NetworkConfig::default();
+        let s = detach_script(&config, &config.subnets(), "pvtapabc");
         assert!(
             s.ends_with(
                 "delete element inet podvisor pods { \"pvtapabc\" }\n\

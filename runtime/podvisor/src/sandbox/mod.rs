@@ -17,6 +17,7 @@ use podvisor_proto::{DnsConfig, SetupSandboxRequest, SharedMount};
 
 use crate::agent_client::{self, Agent};
 use crate::config::Config;
+use crate::events::{Event, EventBus, EventKind};
 use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
 use crate::ids::{now_ns, random_id};
@@ -76,6 +77,8 @@ pub struct RunRequest {
     pub memory_mib: u32,
     /// CPU time the VM may use per 100 ms, in µs (a fractional vCPU).
     pub cpu_quota_us: Option<u64>,
+    /// The RuntimeClass handler, already checked by the CRI layer.
+    pub runtime_handler: String,
 }
 
 /// The live parts of a pod; absent once stopped.
@@ -145,6 +148,7 @@ pub struct SandboxManager {
     config: Arc<Config>,
     hypervisor: Arc<dyn Hypervisor>,
     network: Arc<NetworkManager>,
+    events: Arc<EventBus>,
     pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
@@ -153,11 +157,13 @@ impl SandboxManager {
         config: Arc<Config>,
         hypervisor: Arc<dyn Hypervisor>,
         network: Arc<NetworkManager>,
+        events: Arc<EventBus>,
     ) -> Self {
         SandboxManager {
             config,
             hypervisor,
             network,
+            events,
             pods: Mutex::new(HashMap::new()),
         }
     }
@@ -229,6 +235,7 @@ impl SandboxManager {
             run_dir: self.config.run_dir.join("vms").join(&id[..16]),
             log_directory: req.log_directory.clone(),
             hostname: req.hostname.clone(),
+            runtime_handler: req.runtime_handler.clone(),
         };
         let pod = Arc::new(Pod {
             record: Mutex::new(record.clone()),
@@ -253,6 +260,10 @@ impl SandboxManager {
         match self.boot(&pod, &req).await {
             Ok(()) => {
                 tracing::info!(%id, pod = %m.name, namespace = %m.namespace, "pod sandbox ready");
+                // As for a container: the sandbox's id stands for it.
+                for kind in [EventKind::Created, EventKind::Started] {
+                    self.events.publish(Event::now(&id, &id, kind));
+                }
                 Ok(id)
             }
             Err(err) => {
@@ -338,8 +349,13 @@ impl SandboxManager {
         Ok(())
     }
 
+    fn publish(&self, id: &str, kind: EventKind) {
+        self.events.publish(Event::now(id, id, kind));
+    }
+
     /// Marks the pod NotReady when its VM dies without being asked to.
     async fn watch_vm(&self, pod: Arc<Pod>) {
+        let events = self.events.clone();
         let exit = {
             let live = pod.live.lock().await;
             match &live.vm {
@@ -358,6 +374,8 @@ impl SandboxManager {
                 r.reason = Some(format!("the pod VM exited unexpectedly ({exit})"));
                 r.vm_pid = None;
             });
+            let id = pod.id();
+            events.publish(Event::now(&id, &id, EventKind::Stopped));
             let mut live = pod.live.lock().await;
             live.agent = None;
             if let Some(fs) = live.fs.take() {
@@ -409,6 +427,7 @@ impl SandboxManager {
             let _ = pod.agent().await;
         }
         self.teardown(&pod).await;
+        let was_ready = pod.record().state == SandboxState::Ready;
         pod.update(|r| {
             r.state = SandboxState::NotReady;
             r.vm_pid = None;
@@ -420,6 +439,9 @@ impl SandboxManager {
         // free again.
         self.network.detach(&pod.id()).await?;
         tracing::info!(id = %pod.id(), "pod sandbox stopped");
+        if was_ready {
+            self.publish(&pod.id(), EventKind::Stopped);
+        }
         Ok(())
     }
 
@@ -438,6 +460,8 @@ impl SandboxManager {
         pod.share().teardown()?;
         std::fs::remove_dir_all(&record.run_dir).or_else(ignore_missing)?;
         std::fs::remove_dir_all(&record.dir).or_else(ignore_missing)?;
+        // Told while the pod is still known: the message carries its status.
+        self.publish(&record.id, EventKind::Deleted);
         self.pods().remove(&record.id);
         tracing::info!(id = %record.id, "pod sandbox removed");
         Ok(())

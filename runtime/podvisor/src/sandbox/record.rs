@@ -47,6 +47,10 @@ pub struct SandboxRecord {
     pub run_dir: PathBuf,
     pub log_directory: String,
     pub hostname: String,
+    /// The RuntimeClass handler the pod was run with ("" by default, and
+    /// for records written before handlers were recorded).
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 pub const RECORD_FILE: &str = "sandbox.json";
@@ -64,5 +68,26 @@ impl SandboxRecord {
     pub fn load(dir: &Path) -> std::io::Result<SandboxRecord> {
         let data = std::fs::read(dir.join(RECORD_FILE))?;
         serde_json::from_slice(&data).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_runtime_handlers_read_as_the_default_handler() {
+        let mut json = serde_json::json!({
+            "id": "p", "metadata": {"name": "n", "uid": "u", "namespace": "ns", "attempt": 0},
+            "labels": {}, "annotations": {}, "created_at_ns": 1, "state": "Ready",
+            "reason": null, "backend": "qemu", "vcpus": 1, "memory_mib": 512,
+            "vm_pid": null, "virtiofsd_pid": null, "dialer": null, "dir": "/x", "run_dir": "/y",
+            "log_directory": "", "hostname": "n"
+        });
+        let old: SandboxRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old.runtime_handler, "");
+        json["runtime_handler"] = "podvisor".into();
+        let new: SandboxRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(new.runtime_handler, "podvisor");
     }
 }
