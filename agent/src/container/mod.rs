@@ -6,6 +6,8 @@
 
 mod cgroup;
 mod console;
+mod exec_seccomp;
+mod podns;
 mod rootfs;
 pub mod spec;
 
@@ -19,7 +21,7 @@ use libcontainer::container::Container as OciContainer;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use oci_spec::runtime::{LinuxResources, LinuxSeccomp, Process as OciProcess};
 use tokio::sync::watch;
 
 use crate::error::{AgentError, Result};
@@ -29,6 +31,8 @@ use crate::volume::{self, Volumes};
 use cgroup::Cgroup;
 pub use cgroup::{detect_version, CgroupVersion, Usage};
 use console::ConsoleSocket;
+use exec_seccomp::SeccompExecutor;
+use podns::PodPidNamespace;
 use rootfs::RootfsMount;
 pub use spec::{RlimitCeiling, SandboxFiles};
 
@@ -107,6 +111,10 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// NFS volumes mounted for this container, unmounted on delete.
     volumes: Mutex<Volumes>,
+    /// Lives in the pod's PID namespace, and holds it while not deleted.
+    in_pod_pid_namespace: bool,
+    /// The container's filter, loaded by its execs too.
+    seccomp: Option<LinuxSeccomp>,
 }
 
 impl Container {
@@ -174,6 +182,19 @@ pub struct CreateRequest {
     /// Network file systems to mount before the container is built.
     pub volumes: Vec<podvisor_proto::SharedMount>,
     pub volume_timeout: Duration,
+    pub pid_namespace: PidNamespace,
+}
+
+/// Where a container's processes live (proto `PidNamespace`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A namespace of its own.
+    #[default]
+    Container,
+    /// The pod's shared namespace.
+    Pod,
+    /// The namespace of this container of the pod.
+    Target(String),
 }
 
 pub struct ExecRequest {
@@ -191,6 +212,7 @@ pub struct ContainerManager {
     /// Ids being created or deleted, so concurrent calls cannot race.
     busy: Mutex<HashSet<String>>,
     sandbox_files: Mutex<SandboxFiles>,
+    pod_pid: Arc<Mutex<PodPidNamespace>>,
 }
 
 /// Releases an id reserved in `busy` when dropped.
@@ -238,6 +260,7 @@ impl ContainerManager {
             containers: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             sandbox_files: Mutex::new(SandboxFiles::default()),
+            pod_pid: Arc::new(Mutex::new(PodPidNamespace::default())),
         })
     }
 
@@ -277,8 +300,12 @@ impl ContainerManager {
         let mut spec = spec::parse_spec(&req.spec_json)?;
         let _reservation = self.reserve(&req.id)?;
 
+        let pid_ns = self.join_pid_namespace(&req.pid_namespace).await?;
         let bundle = self.config.state_dir.join("containers").join(&req.id);
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::io("create bundle", e))?;
+        if let Err(e) = std::fs::create_dir_all(&bundle) {
+            self.leave_pid_namespace(&pid_ns);
+            return Err(AgentError::io("create bundle", e));
+        }
         // Volumes first: a server that cannot be reached is the likeliest
         // failure, and the slowest.
         let mut volumes =
@@ -286,6 +313,7 @@ impl ContainerManager {
                 Ok(v) => v,
                 Err(err) => {
                     let _ = std::fs::remove_dir_all(&bundle);
+                    self.leave_pid_namespace(&pid_ns);
                     return Err(err);
                 }
             };
@@ -294,11 +322,12 @@ impl ContainerManager {
             Err(err) => {
                 volumes.unmount();
                 let _ = std::fs::remove_dir_all(&bundle);
+                self.leave_pid_namespace(&pid_ns);
                 return Err(err);
             }
         };
         match self
-            .create_in_bundle(&req, &mut spec, &bundle, rootfs)
+            .create_in_bundle(&req, &mut spec, &bundle, rootfs, &pid_ns)
             .await
         {
             Ok(container) => {
@@ -311,6 +340,7 @@ impl ContainerManager {
                 self.remove_leftovers(&req.id, &bundle, &rootfs, &spec)
                     .await;
                 volumes.unmount();
+                self.leave_pid_namespace(&pid_ns);
                 Err(err)
             }
         }
@@ -322,6 +352,7 @@ impl ContainerManager {
         spec: &mut oci_spec::runtime::Spec,
         bundle: &Path,
         rootfs: RootfsMount,
+        pid_ns: &JoinedPidNamespace,
     ) -> std::result::Result<Arc<Container>, (AgentError, RootfsMount)> {
         let files = lock(&self.sandbox_files).clone();
         let prepared = spec::prepare_spec(
@@ -333,6 +364,7 @@ impl ContainerManager {
                 sandbox_files: &files,
                 tty: req.tty,
                 ceiling: self.config.rlimit_ceiling,
+                pid_namespace: pid_ns.path.as_deref(),
             },
         )
         .and_then(|()| {
@@ -403,6 +435,8 @@ impl ContainerManager {
             main,
             execs: Mutex::new(HashMap::new()),
             volumes: Mutex::new(Volumes::default()),
+            in_pod_pid_namespace: pid_ns.pod,
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         }))
     }
 
@@ -436,6 +470,54 @@ impl ContainerManager {
             tracing::warn!(%e, "unmounting rootfs of failed container");
         }
         let _ = std::fs::remove_dir_all(bundle);
+    }
+
+    /// The PID namespace a new container joins, if not a new one of its
+    /// own; a container joining the pod's counts as one more user of it.
+    async fn join_pid_namespace(&self, wanted: &PidNamespace) -> Result<JoinedPidNamespace> {
+        match wanted {
+            PidNamespace::Container => Ok(JoinedPidNamespace::default()),
+            PidNamespace::Pod => self.join_pod_pid_namespace().await,
+            PidNamespace::Target(target) => {
+                let container = self.get(target).map_err(|_| {
+                    AgentError::InvalidArgument(format!(
+                        "the target container {target:?} of the PID namespace does not exist"
+                    ))
+                })?;
+                if container.state() == State::Exited {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "the target container {target:?} of the PID namespace has exited"
+                    )));
+                }
+                if container.in_pod_pid_namespace {
+                    // The same namespace, and one more user to keep it.
+                    return self.join_pod_pid_namespace().await;
+                }
+                Ok(JoinedPidNamespace {
+                    path: Some(podns::ns_path(container.main.pid)),
+                    pod: false,
+                })
+            }
+        }
+    }
+
+    async fn join_pod_pid_namespace(&self) -> Result<JoinedPidNamespace> {
+        let reaper = self.reaper.clone();
+        let pod_pid = self.pod_pid.clone();
+        // Spawning waits for the reaper's gate, which a build may hold.
+        let path = tokio::task::spawn_blocking(move || lock(&pod_pid).acquire(&reaper))
+            .await
+            .map_err(|e| AgentError::runtime("start the pod's PID namespace", e))??;
+        Ok(JoinedPidNamespace {
+            path: Some(path),
+            pod: true,
+        })
+    }
+
+    fn leave_pid_namespace(&self, joined: &JoinedPidNamespace) {
+        if joined.pod {
+            lock(&self.pod_pid).release();
+        }
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -482,6 +564,10 @@ impl ContainerManager {
             req.tty,
             self.config.rlimit_ceiling,
         )?;
+        let executor = container.seccomp.clone().map(|seccomp| SeccompExecutor {
+            temporary: exec_seccomp::grant_for_filter(&mut process),
+            seccomp,
+        });
         spec::check_cwd(process.cwd(), &[], container.rootfs.path())?;
         {
             let execs = lock(&container.execs);
@@ -504,7 +590,10 @@ impl ContainerManager {
         let file = process_file.clone();
         let built = launch
             .run(move |stdio, console| {
-                let b = builder(id, oci_root, stdio, console)?;
+                let mut b = builder(id, oci_root, stdio, console)?;
+                if let Some(executor) = executor {
+                    b = b.with_executor(executor);
+                }
                 let guard = reaper.spawn_guard();
                 let pid = b
                     .as_tenant()
@@ -605,6 +694,9 @@ impl ContainerManager {
         std::fs::remove_dir_all(&container.bundle)
             .map_err(|e| AgentError::io("remove bundle", e))?;
         lock(&self.containers).remove(id);
+        if container.in_pod_pid_namespace {
+            lock(&self.pod_pid).release();
+        }
         tracing::info!(id, "container deleted");
         Ok(())
     }
@@ -640,6 +732,14 @@ impl ContainerManager {
             }
         }
     }
+}
+
+/// The PID namespace a container being created joins.
+#[derive(Default)]
+struct JoinedPidNamespace {
+    path: Option<PathBuf>,
+    /// The pod's: released when the container goes.
+    pod: bool,
 }
 
 /// A libcontainer builder with the launch's stdio. Built on the blocking

@@ -71,6 +71,21 @@ fn run_request(
         }
     }
     let admission = defaults.policy.admit_pod(&config)?;
+    let linux = config.linux.clone().unwrap_or_default();
+    let sysctls = crate::sandbox::sysctl::validate(&linux.sysctls)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    let security = linux.security_context.as_ref();
+    crate::container::spec::check_run_as_group(None, security)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    // A pod-level Localhost profile that cannot be read fails now, not at
+    // its first container.
+    if let Some(crate::container::seccomp::Profile::Localhost(path)) =
+        crate::container::seccomp::sandbox_profile(security)
+            .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?
+    {
+        crate::container::seccomp::load_localhost(&path, &[])
+            .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    }
     let size = admission.size;
     let mut annotations = sorted(&config.annotations);
     for (key, value) in admission.annotations() {
@@ -97,6 +112,7 @@ fn run_request(
         vcpus: size.vcpus,
         memory_mib: u32::try_from(size.memory_mib).unwrap_or(u32::MAX),
         cpu_quota_us: (defaults.sandbox.cpu_quota && fractional).then(|| size.cpu_quota_us()),
+        sysctls,
     })
 }
 
@@ -512,7 +528,10 @@ impl RuntimeService for Runtime {
             tracing::Span::current().record("container", m.name.as_str());
         }
         crate::policy::admit_container(req.sandbox_config.as_ref(), &config)?;
-        let id = self.containers.create(&req.pod_sandbox_id, config).await?;
+        let id = self
+            .containers
+            .create(&req.pod_sandbox_id, config, req.sandbox_config.as_ref())
+            .await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
         }))

@@ -6,6 +6,7 @@
 //! NotReady.
 
 mod record;
+pub mod sysctl;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,8 @@ pub struct RunRequest {
     pub memory_mib: u32,
     /// CPU time the VM may use per 100 ms, in µs (a fractional vCPU).
     pub cpu_quota_us: Option<u64>,
+    /// Written in the VM at setup (see `sysctl`).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// The live parts of a pod; absent once stopped.
@@ -306,6 +309,7 @@ impl SandboxManager {
             interfaces,
             routes,
             host_time: Some(host_time()),
+            sysctls: req.sysctls.clone().into_iter().collect(),
             mounts: vec![SharedMount {
                 fstype: "virtiofs".into(),
                 source: SHARE_TAG.into(),
