@@ -107,6 +107,21 @@ impl Agent for AgentService {
                     0 => crate::volume::DEFAULT_TIMEOUT,
                     ms => Duration::from_millis(ms.into()),
                 },
+                pid_namespace: match podvisor_proto::PidNamespace::try_from(req.pid_namespace) {
+                    Ok(podvisor_proto::PidNamespace::Container) => {
+                        container::PidNamespace::Container
+                    }
+                    Ok(podvisor_proto::PidNamespace::Pod) => container::PidNamespace::Pod,
+                    Ok(podvisor_proto::PidNamespace::Target) => {
+                        container::PidNamespace::Target(req.pid_namespace_target)
+                    }
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "pid_namespace {} is not a known PidNamespace",
+                            req.pid_namespace
+                        )))
+                    }
+                },
             })
             .await?;
         Ok(Response::new(CreateContainerResponse {

@@ -57,6 +57,18 @@ fn container_config(name: &str, image: &str, script: &str) -> cri::ContainerConf
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}/0.log"),
         labels: HashMap::from([("container".to_string(), name.to_string())]),
+        // What kubelet sends for a pod without shareProcessNamespace: the
+        // script is its container's PID 1 (the stop test relies on that).
+        linux: Some(cri::LinuxContainerConfig {
+            resources: None,
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }),
         ..Default::default()
     }
 }

@@ -564,6 +564,7 @@ async fn run_with_binds(
         hostname: "efs-pod",
         mounts: &binds,
         limits: &LimitsConfig::default(),
+        sandbox: None,
     })
     .expect("build the spec");
     let create = CreateContainerRequest {

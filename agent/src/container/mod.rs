@@ -6,6 +6,8 @@
 
 mod cgroup;
 mod console;
+mod exec_seccomp;
+mod podns;
 mod rootfs;
 mod signal;
 pub mod spec;
@@ -20,7 +22,7 @@ use libcontainer::container::Container as OciContainer;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use oci_spec::runtime::{LinuxResources, LinuxSeccomp, Process as OciProcess};
 use tokio::sync::watch;
 
 use crate::error::{AgentError, Result};
@@ -30,6 +32,8 @@ use crate::volume::{self, Volumes};
 use cgroup::Cgroup;
 pub use cgroup::{detect_version, CgroupVersion, Usage};
 use console::ConsoleSocket;
+use exec_seccomp::SeccompExecutor;
+use podns::PodPidNamespace;
 use rootfs::RootfsMount;
 pub use spec::{RlimitCeiling, SandboxFiles};
 
@@ -112,6 +116,10 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// NFS volumes mounted for this container, unmounted on delete.
     volumes: Mutex<Volumes>,
+    /// Lives in the pod's PID namespace, and holds it while not deleted.
+    in_pod_pid_namespace: bool,
+    /// The container's filter, loaded by its execs too.
+    seccomp: Option<LinuxSeccomp>,
 }
 
 impl Container {
@@ -179,6 +187,19 @@ pub struct CreateRequest {
     /// Network file systems to mount before the container is built.
     pub volumes: Vec<podvisor_proto::SharedMount>,
     pub volume_timeout: Duration,
+    pub pid_namespace: PidNamespace,
+}
+
+/// Where a container's processes live (proto `PidNamespace`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A namespace of its own.
+    #[default]
+    Container,
+    /// The pod's shared namespace.
+    Pod,
+    /// The namespace of this container of the pod.
+    Target(String),
 }
 
 pub struct ExecRequest {
@@ -196,6 +217,7 @@ pub struct ContainerManager {
     /// Ids being created or deleted, so concurrent calls cannot race.
     busy: Mutex<HashSet<String>>,
     sandbox_files: Mutex<SandboxFiles>,
+    pod_pid: Arc<Mutex<PodPidNamespace>>,
 }
 
 /// Releases an id reserved in `busy` when dropped.
@@ -243,6 +265,7 @@ impl ContainerManager {
             containers: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             sandbox_files: Mutex::new(SandboxFiles::default()),
+            pod_pid: Arc::new(Mutex::new(PodPidNamespace::default())),
         })
     }
 
@@ -282,8 +305,12 @@ impl ContainerManager {
         let mut spec = spec::parse_spec(&req.spec_json)?;
         let _reservation = self.reserve(&req.id)?;
 
+        let pid_ns = self.join_pid_namespace(&req.pid_namespace).await?;
         let bundle = self.config.state_dir.join("containers").join(&req.id);
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::io("create bundle", e))?;
+        if let Err(e) = std::fs::create_dir_all(&bundle) {
+            self.leave_pid_namespace(&pid_ns);
+            return Err(AgentError::io("create bundle", e));
+        }
         // Volumes first: a server that cannot be reached is the likeliest
         // failure, and the slowest.
         let mut volumes =
@@ -291,6 +318,7 @@ impl ContainerManager {
                 Ok(v) => v,
                 Err(err) => {
                     let _ = std::fs::remove_dir_all(&bundle);
+                    self.leave_pid_namespace(&pid_ns);
                     return Err(err);
                 }
             };
@@ -299,11 +327,12 @@ impl ContainerManager {
             Err(err) => {
                 volumes.unmount();
                 let _ = std::fs::remove_dir_all(&bundle);
+                self.leave_pid_namespace(&pid_ns);
                 return Err(err);
             }
         };
         match self
-            .create_in_bundle(&req, &mut spec, &bundle, rootfs)
+            .create_in_bundle(&req, &mut spec, &bundle, rootfs, &pid_ns)
             .await
         {
             Ok(container) => {
@@ -316,6 +345,7 @@ impl ContainerManager {
                 self.remove_leftovers(&req.id, &bundle, &rootfs, &spec)
                     .await;
                 volumes.unmount();
+                self.leave_pid_namespace(&pid_ns);
                 Err(err)
             }
         }
@@ -327,6 +357,7 @@ impl ContainerManager {
         spec: &mut oci_spec::runtime::Spec,
         bundle: &Path,
         rootfs: RootfsMount,
+        pid_ns: &JoinedPidNamespace,
     ) -> std::result::Result<Arc<Container>, (AgentError, RootfsMount)> {
         let files = lock(&self.sandbox_files).clone();
         let prepared = spec::prepare_spec(
@@ -339,6 +370,7 @@ impl ContainerManager {
                 tty: req.tty,
                 ceiling: self.config.rlimit_ceiling,
                 devices: self.config.devices.as_deref(),
+                pid_namespace: pid_ns.path.as_deref(),
             },
         )
         .and_then(|()| {
@@ -409,6 +441,8 @@ impl ContainerManager {
             main,
             execs: Mutex::new(HashMap::new()),
             volumes: Mutex::new(Volumes::default()),
+            in_pod_pid_namespace: pid_ns.pod,
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         }))
     }
 
@@ -442,6 +476,54 @@ impl ContainerManager {
             tracing::warn!(%e, "unmounting rootfs of failed container");
         }
         let _ = std::fs::remove_dir_all(bundle);
+    }
+
+    /// The PID namespace a new container joins, if not a new one of its
+    /// own; a container joining the pod's counts as one more user of it.
+    async fn join_pid_namespace(&self, wanted: &PidNamespace) -> Result<JoinedPidNamespace> {
+        match wanted {
+            PidNamespace::Container => Ok(JoinedPidNamespace::default()),
+            PidNamespace::Pod => self.join_pod_pid_namespace().await,
+            PidNamespace::Target(target) => {
+                let container = self.get(target).map_err(|_| {
+                    AgentError::InvalidArgument(format!(
+                        "the target container {target:?} of the PID namespace does not exist"
+                    ))
+                })?;
+                if container.state() == State::Exited {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "the target container {target:?} of the PID namespace has exited"
+                    )));
+                }
+                if container.in_pod_pid_namespace {
+                    // The same namespace, and one more user to keep it.
+                    return self.join_pod_pid_namespace().await;
+                }
+                Ok(JoinedPidNamespace {
+                    path: Some(podns::ns_path(container.main.pid)),
+                    pod: false,
+                })
+            }
+        }
+    }
+
+    async fn join_pod_pid_namespace(&self) -> Result<JoinedPidNamespace> {
+        let reaper = self.reaper.clone();
+        let pod_pid = self.pod_pid.clone();
+        // Spawning waits for the reaper's gate, which a build may hold.
+        let path = tokio::task::spawn_blocking(move || lock(&pod_pid).acquire(&reaper))
+            .await
+            .map_err(|e| AgentError::runtime("start the pod's PID namespace", e))??;
+        Ok(JoinedPidNamespace {
+            path: Some(path),
+            pod: true,
+        })
+    }
+
+    fn leave_pid_namespace(&self, joined: &JoinedPidNamespace) {
+        if joined.pod {
+            lock(&self.pod_pid).release();
+        }
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -488,6 +570,10 @@ impl ContainerManager {
             req.tty,
             self.config.rlimit_ceiling,
         )?;
+        let executor = container.seccomp.clone().map(|seccomp| SeccompExecutor {
+            temporary: exec_seccomp::grant_for_filter(&mut process),
+            seccomp,
+        });
         spec::check_cwd(process.cwd(), &[], container.rootfs.path())?;
         {
             let execs = lock(&container.execs);
@@ -510,7 +596,10 @@ impl ContainerManager {
         let file = process_file.clone();
         let built = launch
             .run(move |stdio, console| {
-                let b = builder(id, oci_root, stdio, console)?;
+                let mut b = builder(id, oci_root, stdio, console)?;
+                if let Some(executor) = executor {
+                    b = b.with_executor(executor);
+                }
                 let guard = reaper.spawn_guard();
                 let pid = b
                     .as_tenant()
@@ -613,6 +702,9 @@ impl ContainerManager {
         std::fs::remove_dir_all(&container.bundle)
             .map_err(|e| AgentError::io("remove bundle", e))?;
         lock(&self.containers).remove(id);
+        if container.in_pod_pid_namespace {
+            lock(&self.pod_pid).release();
+        }
         tracing::info!(id, "container deleted");
         Ok(())
     }
@@ -648,6 +740,14 @@ impl ContainerManager {
             }
         }
     }
+}
+
+/// The PID namespace a container being created joins.
+#[derive(Default)]
+struct JoinedPidNamespace {
+    path: Option<PathBuf>,
+    /// The pod's: released when the container goes.
+    pod: bool,
 }
 
 /// A libcontainer builder with the launch's stdio. Built on the blocking

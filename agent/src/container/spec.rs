@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
-    LinuxCapabilities, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
-    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, RootBuilder, Spec,
+    LinuxCapabilities, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp,
+    LinuxSeccompArgBuilder, LinuxSeccompOperator, Mount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, Process, RootBuilder, Spec,
 };
 
 use crate::error::{AgentError, Result};
@@ -63,6 +64,9 @@ pub struct SpecContext<'a> {
     pub ceiling: RlimitCeiling,
     /// The guest's /dev, for privileged containers (None: refuse them).
     pub devices: Option<&'a Path>,
+    /// A PID namespace to join instead of a new one (the pod's, or a
+    /// target container's).
+    pub pid_namespace: Option<&'a Path>,
 }
 
 pub fn parse_spec(json: &[u8]) -> Result<Spec> {
@@ -122,10 +126,20 @@ pub fn prepare_spec(spec: &mut Spec, ctx: &SpecContext<'_>) -> Result<()> {
         .unwrap_or_else(default_namespaces);
     // The pod's network is the VM's: containers never get a network
     // namespace of their own, or they would have no interface at all.
-    let namespaces: Vec<LinuxNamespace> = namespaces
+    let mut namespaces: Vec<LinuxNamespace> = namespaces
         .into_iter()
         .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+        .filter(|ns| ctx.pid_namespace.is_none() || ns.typ() != LinuxNamespaceType::Pid)
         .collect();
+    if let Some(path) = ctx.pid_namespace {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(path)
+                .build()
+                .map_err(|e| AgentError::MalformedSpec(e.to_string()))?,
+        );
+    }
     linux.set_namespaces(Some(namespaces));
     if linux.cgroups_path().is_none() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
@@ -149,7 +163,15 @@ pub fn prepare_spec(spec: &mut Spec, ctx: &SpecContext<'_>) -> Result<()> {
         devices.extend(guest_devices(root)?);
         linux.set_devices(Some(devices));
     }
+    let filtered = linux.seccomp().is_some();
+    if let Some(mut seccomp) = linux.seccomp().clone() {
+        masked_eq_for_libcontainer(&mut seccomp);
+        linux.set_seccomp(Some(seccomp));
+    }
     spec.set_linux(Some(linux));
+    if filtered {
+        allow_early_seccomp(spec);
+    }
     Ok(())
 }
 
@@ -228,6 +250,48 @@ fn guest_devices(root: &Path) -> Result<Vec<oci_spec::runtime::LinuxDevice>> {
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
     Ok(out)
+}
+
+/// The OCI runtime spec (and runc) read SCMP_CMP_MASKED_EQ as
+/// `(arg & value) == valueTwo`; libcontainer takes `valueTwo` as the mask
+/// and `value` as the datum. Swap them so a profile means what it says.
+fn masked_eq_for_libcontainer(seccomp: &mut LinuxSeccomp) {
+    let Some(mut syscalls) = seccomp.syscalls().clone() else {
+        return;
+    };
+    for syscall in &mut syscalls {
+        let Some(mut args) = syscall.args().clone() else {
+            continue;
+        };
+        for arg in &mut args {
+            if arg.op() == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                let (mask, datum) = (arg.value(), arg.value_two().unwrap_or(0));
+                *arg = LinuxSeccompArgBuilder::default()
+                    .index(arg.index())
+                    .value(datum)
+                    .value_two(mask)
+                    .op(arg.op())
+                    .build()
+                    .expect("every field is set");
+            }
+        }
+        syscall.set_args(Some(args));
+    }
+    seccomp.set_syscalls(Some(syscalls));
+}
+
+/// Without no_new_privs a process needs CAP_SYS_ADMIN to load a seccomp
+/// filter, so libcontainer must load it before it drops capabilities; it
+/// does that only when `noNewPrivileges` is absent, and treats an explicit
+/// `false` like `true` there (and fails). Absent and `false` mean the same
+/// to the kernel, so say absent.
+fn allow_early_seccomp(spec: &mut Spec) {
+    if let Some(mut process) = spec.process().clone() {
+        if process.no_new_privileges() == Some(false) {
+            process.set_no_new_privileges(None);
+            spec.set_process(Some(process));
+        }
+    }
 }
 
 /// Adjusts the process of an exec in place; missing fields are inherited
@@ -400,6 +464,7 @@ mod tests {
             tty: false,
             ceiling,
             devices: None,
+            pid_namespace: None,
         }
     }
 
@@ -507,6 +572,69 @@ mod tests {
             Some(Path::new("/x")),
             "the spec's own mount wins"
         );
+    }
+
+    #[test]
+    fn joins_a_given_pid_namespace_instead_of_a_new_one() {
+        let mut spec = minimal_spec();
+        let files = SandboxFiles::default();
+        let mut c = ctx(&files, RlimitCeiling::default());
+        c.pid_namespace = Some(Path::new("/proc/42/ns/pid"));
+        prepare_spec(&mut spec, &c).unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let pid: Vec<_> = ns
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::Pid)
+            .collect();
+        assert_eq!(pid.len(), 1);
+        assert_eq!(pid[0].path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Ipc));
+    }
+
+    #[test]
+    fn a_filtered_process_without_no_new_privs_loads_seccomp_early() {
+        let json = |nnp: bool, seccomp: bool| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}},"noNewPrivileges":{nnp}}}{}}}"#,
+                if seccomp {
+                    r#","linux":{"seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}"#
+                } else {
+                    ""
+                }
+            )
+        };
+        let files = SandboxFiles::default();
+        let nnp = |nnp: bool, seccomp: bool| {
+            let mut spec = parse_spec(json(nnp, seccomp).as_bytes()).unwrap();
+            prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).unwrap();
+            spec.process().as_ref().unwrap().no_new_privileges()
+        };
+        assert_eq!(nnp(false, true), None);
+        let mut spec = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
+                "linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["clone"],
+                "action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":268435456,"valueTwo":0,"op":"SCMP_CMP_MASKED_EQ"}]}]}}}"#,
+        )
+        .unwrap();
+        prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let arg = linux
+            .seccomp()
+            .as_ref()
+            .unwrap()
+            .syscalls()
+            .as_ref()
+            .unwrap()[0]
+            .args()
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (arg.value(), arg.value_two()),
+            (0, Some(268435456)),
+            "mask in valueTwo for libcontainer"
+        );
+        assert_eq!(nnp(true, true), Some(true));
+        assert_eq!(nnp(false, false), Some(false));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod io;
 mod record;
+pub mod seccomp;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use k8s_cri::v1 as cri;
 use podvisor_proto::{
     ContainerStatsRequest, ContainerStatsResponse, CreateContainerRequest, DeleteContainerRequest,
-    ProcessExit, Rootfs, SignalProcessRequest, StartContainerRequest,
+    PidNamespace, ProcessExit, Rootfs, SignalProcessRequest, StartContainerRequest,
     UpdateContainerResourcesRequest, WaitProcessRequest,
 };
 use tonic::Code;
@@ -33,7 +34,7 @@ use crate::volume::efs::{self, EfsError};
 use crate::volume::share::ShareError;
 pub use io::ExecOutput;
 pub use record::{ContainerRecord, ContainerState, ExitRecord, MountRecord};
-use spec::{GuestMount, SpecError, SpecInput};
+use spec::{GuestMount, PidMode, SpecError, SpecInput};
 
 /// How long StopContainer waits after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -299,7 +300,14 @@ impl ContainerManager {
         Ok(pod)
     }
 
-    pub async fn create(&self, sandbox_id: &str, config: cri::ContainerConfig) -> Result<String> {
+    /// Creates a container; `sandbox_config` is the pod's config as the
+    /// request carries it (kubelet always sends it).
+    pub async fn create(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<&cri::PodSandboxConfig>,
+    ) -> Result<String> {
         let meta = config.metadata.clone().ok_or_else(|| {
             ContainerError::InvalidArgument("CreateContainer: config.metadata is missing".into())
         })?;
@@ -330,7 +338,14 @@ impl ContainerManager {
         let id = random_id()?;
         let share = pod.share();
         let result = self
-            .create_in_vm(&pod, &id, &config, &image, &layers, &share)
+            .create_in_vm(
+                &pod,
+                &id,
+                (&config, sandbox_config),
+                &image,
+                &layers,
+                &share,
+            )
             .await;
         let (spec, mounts) = match result {
             Ok(v) => v,
@@ -389,7 +404,7 @@ impl ContainerManager {
         &self,
         pod: &Pod,
         id: &str,
-        config: &cri::ContainerConfig,
+        (config, sandbox_config): (&cri::ContainerConfig, Option<&cri::PodSandboxConfig>),
         image: &crate::image::Image,
         layers: &[PathBuf],
         share: &crate::volume::share::PodShare,
@@ -438,7 +453,13 @@ impl ContainerManager {
             hostname: &pod.record().hostname,
             mounts: &guest_mounts,
             limits: &self.config.policy.limits,
+            sandbox: sandbox_config,
         })?;
+        let (pid_namespace, pid_namespace_target) = match spec::pid_mode(config, sandbox_config)? {
+            PidMode::Container => (PidNamespace::Container, String::new()),
+            PidMode::Pod => (PidNamespace::Pod, String::new()),
+            PidMode::Target(target) => (PidNamespace::Target, self.pid_target(&pod.id(), &target)?),
+        };
         let request = CreateContainerRequest {
             container_id: id.to_string(),
             oci_spec_json: serde_json::to_vec(&spec).map_err(std::io::Error::other)?,
@@ -448,6 +469,8 @@ impl ContainerManager {
             }),
             stdin: config.stdin,
             tty: config.tty,
+            pid_namespace: pid_namespace as i32,
+            pid_namespace_target,
             volume_timeout_ms: if volumes.is_empty() {
                 0
             } else {
@@ -472,6 +495,22 @@ impl ContainerManager {
             .await
             .map_err(agent_err("creating the container in the pod VM"))?;
         Ok((spec, records))
+    }
+
+    /// The id of the container whose PID namespace a TARGET container
+    /// joins: created earlier in the same pod.
+    fn pid_target(&self, sandbox_id: &str, target: &str) -> Result<String> {
+        let not_found = || {
+            ContainerError::NotFound(format!(
+                "{target} (namespace_options.target_id) in pod sandbox {sandbox_id}"
+            ))
+        };
+        let container = self.get(target).map_err(|_| not_found())?;
+        let record = container.record();
+        if record.sandbox_id != sandbox_id {
+            return Err(not_found());
+        }
+        Ok(record.id)
     }
 
     async fn delete_in_vm(&self, pod: &Pod, id: &str) {

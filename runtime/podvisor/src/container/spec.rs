@@ -10,6 +10,7 @@ use k8s_cri::v1 as cri;
 use podvisor_proto::PRIVILEGED_ANNOTATION;
 use serde_json::{json, Value};
 
+use super::seccomp::{self, SeccompError};
 use crate::image::RuntimeConfig;
 use crate::policy::LimitsConfig;
 
@@ -91,6 +92,23 @@ pub enum SpecError {
     RelativeWorkingDir(String),
     #[error("mount container_path {0:?} is not an absolute path")]
     RelativeMountPath(String),
+    #[error("{0} sets run_as_group without run_as_user or run_as_username: a group alone cannot be applied")]
+    RunAsGroupWithoutUser(&'static str),
+    #[error("NamespaceMode TARGET needs namespace_options.target_id, the container whose PID namespace to join")]
+    NoTarget,
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+/// Where a container's processes live (CRI NamespaceOption.pid).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PidMode {
+    /// A PID namespace of its own.
+    Container,
+    /// The pod's, shared by its POD-mode containers.
+    Pod,
+    /// That of this container (CRI id), for ephemeral containers.
+    Target(String),
 }
 
 /// A host path made visible in the guest, and where the container sees it.
@@ -112,6 +130,75 @@ pub struct SpecInput<'a> {
     pub mounts: &'a [GuestMount],
     /// RLIMIT_NOFILE and RLIMIT_NPROC of the process and its execs.
     pub limits: &'a LimitsConfig,
+    /// The pod's config as the request carries it: its namespace options
+    /// and seccomp profile apply where the container names none.
+    pub sandbox: Option<&'a cri::PodSandboxConfig>,
+}
+
+fn sandbox_security(
+    sandbox: Option<&cri::PodSandboxConfig>,
+) -> Option<&cri::LinuxSandboxSecurityContext> {
+    sandbox
+        .and_then(|s| s.linux.as_ref())
+        .and_then(|l| l.security_context.as_ref())
+}
+
+/// The container's namespace options, else the pod's; absent is all POD,
+/// the CRI's default.
+fn namespace_options(
+    security: &cri::LinuxContainerSecurityContext,
+    sandbox: Option<&cri::PodSandboxConfig>,
+) -> cri::NamespaceOption {
+    security
+        .namespace_options
+        .clone()
+        .or_else(|| sandbox_security(sandbox).and_then(|s| s.namespace_options.clone()))
+        .unwrap_or_default()
+}
+
+/// The container's PID namespace.
+pub fn pid_mode(
+    config: &cri::ContainerConfig,
+    sandbox: Option<&cri::PodSandboxConfig>,
+) -> Result<PidMode, SpecError> {
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let ns = namespace_options(&security, sandbox);
+    Ok(match cri::NamespaceMode::try_from(ns.pid) {
+        Ok(cri::NamespaceMode::Container) => PidMode::Container,
+        Ok(cri::NamespaceMode::Target) if ns.target_id.is_empty() => {
+            return Err(SpecError::NoTarget)
+        }
+        Ok(cri::NamespaceMode::Target) => PidMode::Target(ns.target_id),
+        // NODE is refused by policy before this.
+        _ => PidMode::Pod,
+    })
+}
+
+/// A group without a user cannot be honoured: the image's user would run
+/// with a group it never had. Refused, as the CRI expects.
+pub fn check_run_as_group(
+    security: Option<&cri::LinuxContainerSecurityContext>,
+    sandbox: Option<&cri::LinuxSandboxSecurityContext>,
+) -> Result<(), SpecError> {
+    if let Some(c) = security {
+        if c.run_as_group.is_some() && c.run_as_user.is_none() && c.run_as_username.is_empty() {
+            return Err(SpecError::RunAsGroupWithoutUser(
+                "the container's security context",
+            ));
+        }
+    }
+    if let Some(s) = sandbox {
+        if s.run_as_group.is_some() && s.run_as_user.is_none() {
+            return Err(SpecError::RunAsGroupWithoutUser(
+                "the pod sandbox's security context",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The OCI spec, as JSON.
@@ -120,6 +207,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
     let linux = config.linux.clone().unwrap_or_default();
     let security = linux.security_context.clone().unwrap_or_default();
     let resources = linux.resources.clone().unwrap_or_default();
+    check_run_as_group(Some(&security), sandbox_security(input.sandbox))?;
 
     let args = command_line(config, input.image)
         .ok_or_else(|| SpecError::NoCommand(input.image_name.to_string()))?;
@@ -185,10 +273,16 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         }));
     }
 
-    // No network namespace: the pod's network is the VM's. A cgroup
-    // namespace, so /sys/fs/cgroup in the container is its own cgroup.
+    // No network namespace: the pod's network is the VM's. No IPC
+    // namespace for IPC=POD: the VM's is the pod's, where the pod's IPC
+    // sysctls are set. A cgroup namespace, so /sys/fs/cgroup in the
+    // container is its own cgroup. The agent picks the PID namespace
+    // (CreateContainerRequest.pid_namespace).
+    let own_ipc =
+        namespace_options(&security, input.sandbox).ipc == cri::NamespaceMode::Container as i32;
     let namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
         .iter()
+        .filter(|t| own_ipc || **t != "ipc")
         .map(|t| json!({ "type": t }))
         .collect();
     let mut oci_resources = oci_resources(&resources);
@@ -199,6 +293,14 @@ pub fn build(input: &SpecInput<'_>) -> Result<Value, SpecError> {
         "resources": oci_resources,
         "namespaces": namespaces,
     });
+    let profile = seccomp::choose(&security, sandbox_security(input.sandbox))?;
+    // Privileged means unconfined, whatever profile is named (the CRI's
+    // rule; critest checks that a blocking profile is ignored).
+    if !privileged {
+        if let Some(filter) = seccomp::oci(&profile, &caps)? {
+            linux_spec["seccomp"] = filter;
+        }
+    }
     if privileged {
         // Empty, not absent: absent gets the agent's defaults.
         linux_spec["maskedPaths"] = json!([]);
@@ -622,6 +724,7 @@ mod tests {
             hostname: "pod",
             mounts: &mounts,
             limits: &LimitsConfig::default(),
+            sandbox: None,
         })
         .unwrap();
         assert_eq!(spec["process"]["args"], json!(["sh"]));
@@ -660,6 +763,7 @@ mod tests {
             hostname: "",
             mounts: &[],
             limits: &LimitsConfig::default(),
+            sandbox: None,
         };
         assert_eq!(
             build(&input),
@@ -667,39 +771,190 @@ mod tests {
         );
     }
 
-    fn spec_with_security(security: cri::LinuxContainerSecurityContext) -> Value {
-        let cfg = cri::ContainerConfig {
-            command: vec!["sh".into()],
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(security),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+    fn spec_for(
+        config: &cri::ContainerConfig,
+        sandbox: Option<&cri::PodSandboxConfig>,
+    ) -> Result<Value, SpecError> {
         build(&SpecInput {
-            config: &cfg,
+            config,
             image_name: "img",
-            image: &RuntimeConfig::default(),
+            image: &image(&[], &["sh"]),
             layers: &[],
             hostname: "",
             mounts: &[],
             limits: &LimitsConfig::default(),
+            sandbox,
         })
-        .unwrap()
+    }
+
+    fn with_security(sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {
+        let mut cfg = config(&[], &[]);
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: None,
+            security_context: Some(sc),
+        });
+        cfg
+    }
+
+    fn sandbox_with(sc: cri::LinuxSandboxSecurityContext) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn namespace_types(spec: &Value) -> Vec<String> {
+        spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect()
     }
 
     #[test]
-    fn a_privileged_container_is_privileged_inside_the_guest() {
-        let spec = spec_with_security(cri::LinuxContainerSecurityContext {
-            privileged: true,
+    fn run_as_group_needs_a_user() {
+        let group = Some(cri::Int64Value { value: 1002 });
+        let err = spec_for(
+            &with_security(cri::LinuxContainerSecurityContext {
+                run_as_group: group,
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::RunAsGroupWithoutUser("the container's security context")
+        );
+        assert!(err.to_string().contains("run_as_group without run_as_user"));
+        for user in [
+            cri::LinuxContainerSecurityContext {
+                run_as_group: group,
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                ..Default::default()
+            },
+            cri::LinuxContainerSecurityContext {
+                run_as_group: group,
+                run_as_username: "root".into(),
+                ..Default::default()
+            },
+        ] {
+            // A user name not in the (empty) image fails later, for that reason.
+            let result = spec_for(&with_security(user), None);
+            assert!(
+                !matches!(result, Err(SpecError::RunAsGroupWithoutUser(_))),
+                "{result:?}"
+            );
+        }
+        let pod = sandbox_with(cri::LinuxSandboxSecurityContext {
+            run_as_group: group,
             ..Default::default()
         });
+        assert_eq!(
+            spec_for(&config(&[], &[]), Some(&pod)).unwrap_err(),
+            SpecError::RunAsGroupWithoutUser("the pod sandbox's security context")
+        );
+    }
+
+    #[test]
+    fn ipc_is_the_pods_unless_the_container_asks_for_its_own() {
+        let spec = spec_for(&config(&[], &[]), None).unwrap();
+        assert_eq!(namespace_types(&spec), ["pid", "uts", "mount", "cgroup"]);
+        let own = with_security(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                ipc: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec = spec_for(&own, None).unwrap();
+        assert!(namespace_types(&spec).contains(&"ipc".to_string()));
+    }
+
+    #[test]
+    fn pid_mode_follows_the_container_then_the_pod() {
+        let ns = |pid: cri::NamespaceMode, target: &str| cri::NamespaceOption {
+            pid: pid as i32,
+            target_id: target.into(),
+            ..Default::default()
+        };
+        assert_eq!(pid_mode(&config(&[], &[]), None).unwrap(), PidMode::Pod);
+        let pod = sandbox_with(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Container, "")),
+            ..Default::default()
+        });
+        assert_eq!(
+            pid_mode(&config(&[], &[]), Some(&pod)).unwrap(),
+            PidMode::Container
+        );
+        let target = with_security(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Target, "abc")),
+            ..Default::default()
+        });
+        assert_eq!(
+            pid_mode(&target, Some(&pod)).unwrap(),
+            PidMode::Target("abc".into())
+        );
+        let no_target = with_security(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Target, "")),
+            ..Default::default()
+        });
+        assert_eq!(pid_mode(&no_target, None), Err(SpecError::NoTarget));
+    }
+
+    #[test]
+    fn seccomp_profiles_reach_the_spec() {
+        let unconfined = spec_for(&config(&[], &[]), None).unwrap();
+        assert!(unconfined["linux"].get("seccomp").is_none());
+        let default = with_security(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile::default()),
+            ..Default::default()
+        });
+        let spec = spec_for(&default, None).unwrap();
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let _: oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();
+        let missing = with_security(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "/nonexistent/profile.json".into(),
+            }),
+            ..Default::default()
+        });
+        let err = spec_for(&missing, None).unwrap_err();
+        assert!(
+            matches!(err, SpecError::Seccomp(SeccompError::Unreadable { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/nonexistent/profile.json"));
+    }
+
+    #[test]
+    fn a_privileged_container_is_privileged_and_unconfined_inside_the_guest() {
+        let spec = spec_for(
+            &with_security(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
         let caps = spec["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
         assert_eq!(caps.len(), ALL_CAPABILITIES.len());
         assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
-        assert!(caps.contains(&json!("CAP_NET_ADMIN")));
+        assert!(
+            spec["linux"].get("seccomp").is_none(),
+            "privileged is unconfined"
+        );
         assert_eq!(spec["linux"]["maskedPaths"], json!([]));
         assert_eq!(spec["linux"]["readonlyPaths"], json!([]));
         assert_eq!(
@@ -718,7 +973,11 @@ mod tests {
 
     #[test]
     fn an_ordinary_container_keeps_the_defaults() {
-        let spec = spec_with_security(cri::LinuxContainerSecurityContext::default());
+        let spec = spec_for(
+            &with_security(cri::LinuxContainerSecurityContext::default()),
+            None,
+        )
+        .unwrap();
         let caps = spec["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();

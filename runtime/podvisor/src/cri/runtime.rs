@@ -74,6 +74,21 @@ fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunR
     }
     super::handler::check(&req.runtime_handler)?;
     let admission = defaults.policy.admit_pod(&config)?;
+    let linux = config.linux.clone().unwrap_or_default();
+    let sysctls = crate::sandbox::sysctl::validate(&linux.sysctls)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    let security = linux.security_context.as_ref();
+    crate::container::spec::check_run_as_group(None, security)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    // A pod-level Localhost profile that cannot be read fails now, not at
+    // its first container.
+    if let Some(crate::container::seccomp::Profile::Localhost(path)) =
+        crate::container::seccomp::sandbox_profile(security)
+            .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?
+    {
+        crate::container::seccomp::load_localhost(&path, &[])
+            .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+    }
     let size = admission.size;
     let mut annotations = sorted(&config.annotations);
     for (key, value) in admission.annotations() {
@@ -101,6 +116,7 @@ fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunR
         memory_mib: u32::try_from(size.memory_mib).unwrap_or(u32::MAX),
         cpu_quota_us: (defaults.sandbox.cpu_quota && fractional).then(|| size.cpu_quota_us()),
         runtime_handler: req.runtime_handler,
+        sysctls,
     })
 }
 
@@ -554,7 +570,10 @@ impl RuntimeService for Runtime {
         self.config
             .policy
             .admit_container(req.sandbox_config.as_ref(), &config)?;
-        let id = self.containers.create(&req.pod_sandbox_id, config).await?;
+        let id = self
+            .containers
+            .create(&req.pod_sandbox_id, config, req.sandbox_config.as_ref())
+            .await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
         }))

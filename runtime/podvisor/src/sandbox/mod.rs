@@ -6,6 +6,7 @@
 //! NotReady.
 
 mod record;
+pub mod sysctl;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -79,6 +80,8 @@ pub struct RunRequest {
     pub cpu_quota_us: Option<u64>,
     /// The RuntimeClass handler, already checked by the CRI layer.
     pub runtime_handler: String,
+    /// Written in the VM at setup (see `sysctl`).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// The live parts of a pod; absent once stopped.
@@ -317,6 +320,7 @@ impl SandboxManager {
             interfaces,
             routes,
             host_time: Some(host_time()),
+            sysctls: req.sysctls.clone().into_iter().collect(),
             mounts: vec![SharedMount {
                 fstype: "virtiofs".into(),
                 source: SHARE_TAG.into(),
