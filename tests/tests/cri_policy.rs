@@ -375,11 +375,13 @@ async fn fargate_rules_admit_size_and_limit_pods_in_netns() {
     )
     .await;
     assert_eq!(limits, "1024 65535 1024 65535");
-    // The container's own init has them too, not only execs.
+    // The container's own init has them too, not only execs. (Without
+    // namespace options the pod's containers share its PID namespace, whose
+    // PID 1 is the agent's holder: find the container's `sleep`.)
     let init = exec(
         &mut cri,
         &sized_c,
-        "grep -E '^Max (open files|processes)' /proc/1/limits",
+        "grep -E '^Max (open files|processes)' /proc/$(pidof sleep)/limits",
     )
     .await;
     for line in init.lines() {
