@@ -752,3 +752,208 @@ async fn port_forward_copies_both_ways_and_refuses_closed_ports() {
         .expect_err("port 0");
     assert_eq!(none.code(), Code::InvalidArgument);
 }
+
+/// Runs `args` as an exec of `id` and returns its stdout and exit code.
+async fn exec_text(
+    a: &mut HostAgent,
+    id: &str,
+    exec_id: &str,
+    process_json: Vec<u8>,
+) -> (String, i32) {
+    a.client
+        .exec_process(ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            oci_process_json: process_json,
+            stdin: false,
+            tty: false,
+        })
+        .await
+        .unwrap();
+    let out = a.text(id, exec_id, OutputStream::Stdout).await;
+    (out, a.wait(id, exec_id).await.exit_code)
+}
+
+async fn create_in(a: &mut HostAgent, id: &str, args: &[&str], pid: PidNamespace, target: &str) {
+    a.client
+        .create_container(CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: serde_json::to_vec(&spec(args)).unwrap(),
+            rootfs: Some(a.rootfs_request()),
+            pid_namespace: pid as i32,
+            pid_namespace_target: target.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// PIDs of processes named `pod-pid-ns` (the holder) on this host.
+fn holders() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "pod-pid-ns")
+        })
+        .filter(|e| {
+            // A killed holder may linger as a zombie until reaped.
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| !s.contains(") Z"))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn pod_pid_namespace_is_shared_and_ends_with_its_last_container() {
+    let Some(mut a) = agent("pod_pid_namespace_is_shared_and_ends_with_its_last_container").await
+    else {
+        return;
+    };
+    let before = holders();
+    create_in(&mut a, "p1", &["sleep", "601"], PidNamespace::Pod, "").await;
+    create_in(&mut a, "p2", &["sleep", "602"], PidNamespace::Pod, "").await;
+    create_in(
+        &mut a,
+        "own",
+        &["sleep", "603"],
+        PidNamespace::Container,
+        "",
+    )
+    .await;
+    create_in(
+        &mut a,
+        "peek",
+        &["sleep", "604"],
+        PidNamespace::Target,
+        "own",
+    )
+    .await;
+    let ours: Vec<_> = holders()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(ours.len(), 1, "one holder for the pod: {ours:?}");
+
+    let (ps, code) = exec_text(&mut a, "p1", "ps", process(&["ps", "-o", "pid,args"])).await;
+    assert_eq!(code, 0);
+    assert!(ps.contains("sleep 601") && ps.contains("sleep 602"), "{ps}");
+    assert!(!ps.contains("sleep 603"), "{ps}");
+    let pid1 = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_default();
+    assert!(
+        !pid1.contains("sleep"),
+        "PID 1 is the holder, not a container: {ps}"
+    );
+    let (ps, _) = exec_text(&mut a, "peek", "ps", process(&["ps", "-o", "pid,args"])).await;
+    assert!(
+        ps.contains("sleep 603") && ps.contains("sleep 604") && !ps.contains("sleep 601"),
+        "{ps}"
+    );
+    let err = a
+        .client
+        .create_container(CreateContainerRequest {
+            container_id: "lost".into(),
+            oci_spec_json: serde_json::to_vec(&spec(&["true"])).unwrap(),
+            rootfs: Some(a.rootfs_request()),
+            pid_namespace: PidNamespace::Target as i32,
+            pid_namespace_target: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    a.delete("p1").await;
+    let alive: Vec<_> = holders()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(alive, ours, "p2 still uses the namespace");
+    a.delete("p2").await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if holders().into_iter().all(|p| before.contains(&p)) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the holder outlived the pod's last POD container");
+    a.delete("peek").await;
+    a.delete("own").await;
+    a.assert_nothing_left("after delete");
+}
+
+#[tokio::test]
+async fn execs_get_the_containers_seccomp_filter() {
+    let Some(mut a) = agent("execs_get_the_containers_seccomp_filter").await else {
+        return;
+    };
+    let mut filtered = spec(&["sh", "-c", "chmod 700 /tmp 2>/tmp/err; sleep 600"]);
+    filtered["process"]["noNewPrivileges"] = json!(false);
+    filtered["linux"] = json!({"seccomp": {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["chmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}]
+    }});
+    a.create("sc", filtered, false, false)
+        .await
+        .expect("create");
+    a.client
+        .start_container(StartContainerRequest {
+            container_id: "sc".into(),
+        })
+        .await
+        .unwrap();
+    // An exec that may gain privileges, as kubelet's default: it still gets
+    // the filter, and none of the capabilities lent to load it.
+    let open = |args: &[&str]| {
+        serde_json::to_vec(&json!({
+            "args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}, "noNewPrivileges": false,
+            "env": ["PATH=/bin"],
+        }))
+        .unwrap()
+    };
+    let (status, code) = exec_text(
+        &mut a,
+        "sc",
+        "status",
+        open(&[
+            "grep",
+            "-E",
+            "^(Seccomp|CapEff|NoNewPrivs):",
+            "/proc/self/status",
+        ]),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t0"), "{status}");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:\t"))
+        .unwrap();
+    let eff = u64::from_str_radix(eff.trim(), 16).unwrap();
+    assert_eq!(
+        eff & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN left in the exec: {status}"
+    );
+    let (_, code) = exec_text(&mut a, "sc", "chmod", open(&["chmod", "400", "/tmp"])).await;
+    assert_ne!(code, 0, "chmod is blocked in execs");
+    let (err, _) = exec_text(&mut a, "sc", "err", process(&["cat", "/tmp/err"])).await;
+    assert!(
+        err.contains("Operation not permitted"),
+        "the main process is filtered: {err:?}"
+    );
+    a.delete("sc").await;
+    a.assert_nothing_left("after delete");
+}
