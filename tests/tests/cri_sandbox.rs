@@ -329,3 +329,72 @@ async fn full_subnet(test: &str) {
     assert_eq!(tap_count(), 0);
     assert!(daemon.vm_processes().is_empty());
 }
+
+#[test]
+fn a_run_pod_sandbox_the_client_abandons_still_ends_in_a_pod_that_can_be_removed() {
+    let test = "a_run_pod_sandbox_the_client_abandons_still_ends_in_a_pod_that_can_be_removed";
+    podvisor_tests::netns::isolated(test, abandoned_run(test));
+}
+
+/// kubelet gives up on a RunPodSandbox at its request timeout and crictl on
+/// ^C; the daemon must not stop half way through a boot (that left a VM no
+/// record named): the pod finishes, a List finds it, Remove takes it all.
+async fn abandoned_run(test: &str) {
+    if !qemu_ready(test) {
+        return;
+    }
+    let (daemon, mut cri) = Daemon::start().await;
+    let mut impatient = cri.clone();
+    let call = tokio::spawn(async move { run(&mut impatient, "abandoned").await });
+    // Abandon the call once its VM process exists: the boot is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.vm_processes().is_empty() {
+        assert!(Instant::now() < deadline, "no VM process appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    let pod = loop {
+        let ready = cri
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    state: Some(cri::PodSandboxStateValue {
+                        state: cri::PodSandboxState::SandboxReady as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if let Some(p) = ready.first() {
+            break p.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned pod never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(pod.metadata.unwrap().name, "abandoned");
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id,
+    })
+    .await
+    .unwrap();
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
+    assert!(list(&mut cri, cri::PodSandboxFilter::default())
+        .await
+        .is_empty());
+}

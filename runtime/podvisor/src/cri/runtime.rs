@@ -338,6 +338,20 @@ impl Runtime {
     }
 }
 
+/// Runs a state-changing call to its end even when the client goes away.
+/// tonic drops a handler's future when its client cancels (kubelet does at
+/// its request timeout, crictl on ^C); a boot or teardown cut off half way
+/// would leave a VM, tap or mount that no record names. The finished pod or
+/// container is then there for the client's next List to find.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    use tracing::Instrument;
+    tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| Status::internal(format!("the call's task ended abnormally: {e}")))
+}
+
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
         "{what} is not implemented by podvisor yet"
@@ -368,7 +382,8 @@ impl RuntimeService for Runtime {
             "pod",
             format!("{}/{}", run.metadata.namespace, run.metadata.name),
         );
-        let id = self.sandboxes.run(run).await?;
+        let sandboxes = self.sandboxes.clone();
+        let id = to_completion(async move { sandboxes.run(run).await }).await??;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -388,8 +403,12 @@ impl RuntimeService for Runtime {
             Err(e) => return Err(e.into()),
         };
         let grace = std::time::Duration::from_secs(self.config.sandbox.stop_grace_secs);
-        self.containers.stop_all_in(&pod.id(), grace).await;
-        self.sandboxes.stop(&pod.id()).await?;
+        let (containers, sandboxes) = (self.containers.clone(), self.sandboxes.clone());
+        to_completion(async move {
+            containers.stop_all_in(&pod.id(), grace).await;
+            sandboxes.stop(&pod.id()).await
+        })
+        .await??;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -405,8 +424,12 @@ impl RuntimeService for Runtime {
             }
             Err(e) => return Err(e.into()),
         };
-        self.containers.remove_all_in(&pod.id()).await?;
-        self.sandboxes.remove(&pod.id()).await?;
+        let (containers, sandboxes) = (self.containers.clone(), self.sandboxes.clone());
+        to_completion(async move {
+            containers.remove_all_in(&pod.id()).await?;
+            sandboxes.remove(&pod.id()).await.map_err(Status::from)
+        })
+        .await??;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -570,10 +593,13 @@ impl RuntimeService for Runtime {
         self.config
             .policy
             .admit_container(req.sandbox_config.as_ref(), &config)?;
-        let id = self
-            .containers
-            .create(&req.pod_sandbox_id, config, req.sandbox_config.as_ref())
-            .await?;
+        let containers = self.containers.clone();
+        let id = to_completion(async move {
+            containers
+                .create(&req.pod_sandbox_id, config, req.sandbox_config.as_ref())
+                .await
+        })
+        .await??;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
         }))
@@ -584,7 +610,8 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        self.containers.start(&req.get_ref().container_id).await?;
+        let (containers, id) = (self.containers.clone(), req.into_inner().container_id);
+        to_completion(async move { containers.start(&id).await }).await??;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -595,7 +622,8 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = req.into_inner();
         let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
-        self.containers.stop(&req.container_id, timeout).await?;
+        let containers = self.containers.clone();
+        to_completion(async move { containers.stop(&req.container_id, timeout).await }).await??;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -604,7 +632,8 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        self.containers.remove(&req.get_ref().container_id).await?;
+        let (containers, id) = (self.containers.clone(), req.into_inner().container_id);
+        to_completion(async move { containers.remove(&id).await }).await??;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
