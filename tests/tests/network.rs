@@ -223,6 +223,74 @@ fn attach_detach_rollback_and_orphan_cleanup_leave_nothing() {
 }
 
 #[test]
+fn host_port_chains_load_and_leave_with_their_pod() {
+    let test = "host_port_chains_load_and_leave_with_their_pod";
+    if !nft_ready(test) {
+        return;
+    }
+    in_fresh_netns(|| async {
+        use podvisor::network::hostport::{HostPort, Protocol};
+        let state = tempfile::tempdir().unwrap();
+        let manager = NetworkManager::new(config("10.202.0.0/29"), state.path()).unwrap();
+        let ports = [
+            HostPort::new(0, Protocol::Tcp, "", 12000, 80).unwrap(),
+            HostPort::new(1, Protocol::Udp, "127.0.0.1", 12001, 53).unwrap(),
+            HostPort::new(2, Protocol::Sctp, "", 12002, 9000).unwrap(),
+        ];
+        let a = manager
+            .attach_with_host_ports("sandbox-a", &ports)
+            .await
+            .expect("attach with host ports");
+        let plain = manager.attach("sandbox-b").await.unwrap();
+        let localnet = |tap: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{tap}/route_localnet"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(localnet(&a.tap), "1", "loopback DNAT needs route_localnet");
+        assert_eq!(localnet(&plain.tap), "0", "only where host ports need it");
+        let rules = run("nft", &["list", "ruleset"]);
+        for want in [
+            format!("chain hp_prerouting_{}", a.tap),
+            format!("chain hp_output_{}", a.tap),
+            format!("chain hp_postrouting_{}", a.tap),
+            "fib daddr type local tcp dport 12000 dnat ip to 10.202.0.2:80".into(),
+            "ip daddr 127.0.0.1 udp dport 12001 dnat ip to 10.202.0.2:53".into(),
+            "sctp dport 12002 dnat ip to 10.202.0.2:9000".into(),
+            "snat ip to 10.202.0.1".into(),
+            "ip daddr 127.0.0.0/8 drop".into(),
+        ] {
+            assert!(rules.contains(&want), "{want} missing:\n{rules}");
+        }
+        assert!(
+            !rules.contains(&format!("hp_prerouting_{}", plain.tap)),
+            "{rules}"
+        );
+
+        manager.detach("sandbox-a").await.expect("detach a");
+        assert_nothing_of(&[&a], "after detach");
+        assert!(!run("nft", &["list", "ruleset"]).contains("dnat"));
+
+        // A crash between attach and the record: orphan cleanup removes
+        // the host-port chains with the rest.
+        let stray = manager
+            .attach_with_host_ports("sandbox-gone", &ports[..1])
+            .await
+            .unwrap();
+        let orphans = manager
+            .cleanup_orphans(&["sandbox-b".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(orphans.leases, ["sandbox-gone"]);
+        assert_nothing_of(&[&stray], "after cleanup");
+        assert!(!run("nft", &["list", "ruleset"]).contains("dnat"));
+        manager.detach("sandbox-b").await.unwrap();
+        assert_nothing_of(&[&plain], "after the last detach");
+    });
+}
+
+#[test]
 fn pods_route_to_each_other_and_the_host_but_not_to_metadata() {
     let test = "pods_route_to_each_other_and_the_host_but_not_to_metadata";
     if !qemu_ready(test) || !nft_ready(test) {

@@ -25,6 +25,8 @@ impl From<SandboxError> for Status {
             }
             SandboxError::NotFound(_) => Status::not_found(message),
             SandboxError::AlreadyExists { .. } => Status::already_exists(message),
+            // Free again once its holder stops: kubelet's retry may succeed.
+            SandboxError::HostPortTaken { .. } => Status::failed_precondition(message),
             SandboxError::Network(e) if e.is_exhausted() => Status::resource_exhausted(message),
             SandboxError::Network(_) => Status::internal(message),
             SandboxError::Vm(_)

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::container::{ContainerManager, ContainerRecord, ContainerState};
 use crate::events::EventBus;
+use crate::network::hostport::{self, HostPort, HostPortError, Protocol};
 use crate::network::PodCidrChange;
 use crate::sandbox::{PodMetadata, RunRequest, SandboxManager, SandboxRecord, SandboxState};
 
@@ -89,6 +90,8 @@ fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunR
         crate::container::seccomp::load_localhost(&path, &[])
             .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
     }
+    // Admission refused host ports unless the mode forwards them.
+    let host_ports = host_ports(&config.port_mappings)?;
     let size = admission.size;
     let mut annotations = sorted(&config.annotations);
     for (key, value) in admission.annotations() {
@@ -117,6 +120,7 @@ fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunR
         cpu_quota_us: (defaults.sandbox.cpu_quota && fractional).then(|| size.cpu_quota_us()),
         runtime_handler: req.runtime_handler,
         sysctls,
+        host_ports,
     })
 }
 
@@ -139,6 +143,35 @@ pub(crate) fn pod_status(
         annotations: unsorted(&r.annotations),
         runtime_handler: r.runtime_handler.clone(),
     }
+}
+
+/// The port mappings with a host port, validated. Those without one only
+/// document the pod's ports: its own address reaches them anyway.
+fn host_ports(mappings: &[cri::PortMapping]) -> Result<Vec<HostPort>, Status> {
+    let invalid = |e: HostPortError| Status::invalid_argument(format!("RunPodSandbox: {e}"));
+    let mut ports = Vec::new();
+    for (index, m) in mappings.iter().enumerate() {
+        if m.host_port == 0 {
+            continue;
+        }
+        let protocol = match cri::Protocol::try_from(m.protocol) {
+            Ok(cri::Protocol::Tcp) => Protocol::Tcp,
+            Ok(cri::Protocol::Udp) => Protocol::Udp,
+            Ok(cri::Protocol::Sctp) => Protocol::Sctp,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "RunPodSandbox: port mapping {index}: unknown protocol {} (TCP, UDP or SCTP)",
+                    m.protocol
+                )))
+            }
+        };
+        ports.push(
+            HostPort::new(index, protocol, &m.host_ip, m.host_port, m.container_port)
+                .map_err(invalid)?,
+        );
+    }
+    hostport::check_distinct(&ports).map_err(invalid)?;
+    Ok(ports)
 }
 
 fn matches_filter(r: &SandboxRecord, filter: &cri::PodSandboxFilter) -> bool {
@@ -450,6 +483,7 @@ impl RuntimeService for Runtime {
                 "virtiofsdPid": r.virtiofsd_pid,
                 "runDir": r.run_dir,
                 "reason": r.reason,
+                "hostPorts": r.host_ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
             });
             info.insert("info".to_string(), json.to_string());
         }
@@ -913,5 +947,76 @@ impl RuntimeService for Runtime {
         _: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Ok(Response::new(Box::pin(self.events.subscribe())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(
+        protocol: cri::Protocol,
+        host_ip: &str,
+        host: i32,
+        container: i32,
+    ) -> cri::PortMapping {
+        cri::PortMapping {
+            protocol: protocol as i32,
+            container_port: container,
+            host_port: host,
+            host_ip: host_ip.into(),
+        }
+    }
+
+    #[test]
+    fn host_ports_keep_mappings_with_a_host_port() {
+        let ports = host_ports(&[
+            mapping(cri::Protocol::Tcp, "", 0, 8080),
+            mapping(cri::Protocol::Tcp, "", 12000, 80),
+            mapping(cri::Protocol::Udp, "0.0.0.0", 12000, 53),
+            mapping(cri::Protocol::Sctp, "192.0.2.1", 9000, 9000),
+        ])
+        .unwrap();
+        let shown: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["12000/TCP", "12000/UDP", "192.0.2.1:9000/SCTP"]);
+        assert_eq!(ports[0].container_port, 80);
+    }
+
+    #[test]
+    fn bad_host_ports_are_invalid_arguments() {
+        for (bad, says) in [
+            (
+                vec![mapping(cri::Protocol::Tcp, "", 70000, 80)],
+                "port mapping 0: host_port 70000 is out of range",
+            ),
+            (
+                vec![mapping(cri::Protocol::Tcp, "", 8080, 0)],
+                "container_port 0 is out of range",
+            ),
+            (
+                vec![mapping(cri::Protocol::Tcp, "fd00::1", 8080, 80)],
+                "IPv4 addresses only",
+            ),
+            (
+                vec![
+                    mapping(cri::Protocol::Tcp, "", 8080, 80),
+                    mapping(cri::Protocol::Tcp, "10.0.0.1", 8080, 81),
+                ],
+                "port mappings 0 and 1 both ask for host port 10.0.0.1:8080/TCP",
+            ),
+            (
+                vec![cri::PortMapping {
+                    protocol: 7,
+                    host_port: 1,
+                    container_port: 1,
+                    host_ip: String::new(),
+                }],
+                "unknown protocol 7",
+            ),
+        ] {
+            let err = host_ports(&bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            assert!(err.message().contains(says), "{says}: {}", err.message());
+        }
     }
 }

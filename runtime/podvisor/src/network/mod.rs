@@ -15,6 +15,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod hostport;
 pub mod ipam;
 pub mod nft;
 pub mod pod_cidr;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::Ipv4Cidr;
 pub use config::{DnsDefaults, NetworkConfig, NetworkConfigError};
+pub use hostport::HostPort;
 pub use ipam::{IpamError, Lease};
 use nft::{Nft, NftError};
 pub use pod_cidr::PodCidrError;
@@ -268,10 +270,20 @@ impl NetworkManager {
     /// Repeating it for an attached sandbox returns the same network. On
     /// failure everything this call set up is removed again.
     pub async fn attach(&self, sandbox_id: &str) -> Result<PodNetwork> {
+        self.attach_with_host_ports(sandbox_id, &[]).await
+    }
+
+    /// [`Self::attach`], forwarding the node's `host_ports` to the pod
+    /// (whoever calls makes sure no other pod holds them).
+    pub async fn attach_with_host_ports(
+        &self,
+        sandbox_id: &str,
+        host_ports: &[HostPort],
+    ) -> Result<PodNetwork> {
         let _busy = self.busy.lock().await;
         let lease = self.ipam.allocate(sandbox_id)?;
         let pod = self.pod_network(sandbox_id, lease);
-        match self.plumb(&pod).await {
+        match self.plumb(&pod, host_ports).await {
             Ok(()) => {
                 tracing::info!(sandbox = %sandbox_id, ip = %pod.ip, tap = %pod.tap, "pod network attached");
                 Ok(pod)
@@ -401,7 +413,7 @@ impl NetworkManager {
         }
     }
 
-    async fn plumb(&self, pod: &PodNetwork) -> Result<()> {
+    async fn plumb(&self, pod: &PodNetwork, host_ports: &[HostPort]) -> Result<()> {
         if let Some((other, _)) = self.ipam.leases().into_iter().find(|(id, _)| {
             id != &pod.sandbox_id && tap::tap_name(&self.configured.tap_prefix, id) == pod.tap
         }) {
@@ -418,7 +430,22 @@ impl NetworkManager {
         write_sysctl(&format!("net/ipv4/conf/{}/forwarding", pod.tap), "1")?;
         netlink.add_address(index, &pod.tap, IpAddr::V4(pod.gateway), 32)?;
         netlink.replace_route(&pod.host_route(Some(index)))?;
-        let script = nft::attach_script(&self.configured, &self.pod_subnets(), &pod.tap, pod.ip);
+        if !host_ports.is_empty() {
+            // The node's connections to 127.0.0.1:<host port> are DNATed to
+            // the pod with their loopback source; without this the kernel
+            // refuses to route them out of the tap, and the pod's replies
+            // (un-NATed back to 127.0.0.1) in. The pod chain's drop of
+            // 127.0.0.0/8 keeps the pod itself off the node's loopback.
+            write_sysctl(&format!("net/ipv4/conf/{}/route_localnet", pod.tap), "1")?;
+        }
+        let mut script =
+            nft::attach_script(&self.configured, &self.pod_subnets(), &pod.tap, pod.ip);
+        script.push_str(&nft::hostport_script(
+            &pod.tap,
+            pod.ip,
+            pod.gateway,
+            host_ports,
+        ));
         nft.apply(&script).await?;
         Ok(())
     }

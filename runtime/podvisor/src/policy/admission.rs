@@ -30,7 +30,7 @@ pub enum Rule {
     /// hostIPC: the node's IPC namespace is not shared with the pod's VM.
     HostIpc,
     /// A port mapping with a host port: the pod's ports are reached on its
-    /// own IP address only.
+    /// own IP address only (mode vm forwards host ports instead).
     HostPort,
     /// A DaemonSet pod (label `pod-template-generation`): DaemonSets run
     /// per node, and Fargate has no node to run them on.
@@ -79,7 +79,7 @@ impl Rule {
             Rule::HostPid => "hostPID is refused: the node's processes are outside the pod's VM",
             Rule::HostIpc => "hostIPC is refused: the node's IPC namespace is outside the pod's VM",
             Rule::HostPort => {
-                "hostPort is refused: a pod is reached on its own IP, never on a port of the node"
+                "hostPort: a pod is reached on its own IP, never on a port of the node (mode vm forwards the node's port to the pod, as the CNI portmap plugin does)"
             }
             Rule::DaemonSet => {
                 "DaemonSet pods (label pod-template-generation): Fargate has no node to run them on (mode vm runs them)"
@@ -142,7 +142,12 @@ pub fn admit_sandbox(pod: &PodSandboxConfig, mode: PolicyMode) -> Result<(), Pol
         ));
     }
     check_namespaces(security.and_then(|s| s.namespace_options.as_ref()), subject)?;
-    if let Some(port) = pod.port_mappings.iter().find(|p| p.host_port != 0) {
+    if let Some(port) = pod
+        .port_mappings
+        .iter()
+        .find(|p| p.host_port != 0)
+        .filter(|_| mode.enforces(Rule::HostPort))
+    {
         return Err(forbid(
             Rule::HostPort,
             subject(),
@@ -491,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn vm_mode_admits_privileged_capabilities_and_daemonsets_but_not_the_node() {
+    fn vm_mode_admits_privileged_capabilities_daemonsets_and_host_ports_but_not_the_node() {
         let vm = PolicyMode::Vm;
         let privileged_pod = pod_with_security(LinuxSandboxSecurityContext {
             privileged: true,
@@ -528,7 +533,15 @@ mod tests {
             }],
             ..pod("web", "prod", &[])
         };
-        assert_eq!(refused_rule(admit_sandbox(&host_port, vm)), Rule::HostPort);
+        assert_eq!(
+            admit_sandbox(&host_port, vm),
+            Ok(()),
+            "forwarded in mode vm"
+        );
+        assert_eq!(
+            refused_rule(admit_sandbox(&host_port, PolicyMode::Fargate)),
+            Rule::HostPort
+        );
         let mut gpu = container("gpu");
         gpu.devices = vec![Device {
             host_path: "/dev/nvidia0".into(),
@@ -559,6 +572,8 @@ mod tests {
         };
         assert_eq!(words("privileged"), ["privileged", "allowed", "[fargate]"]);
         assert_eq!(words("host-pid"), ["host-pid", "refused", "[fargate,vm]"]);
+        assert_eq!(words("host-port"), ["host-port", "allowed", "[fargate]"]);
+        assert!(line("host-port").contains("forwards"), "{text}");
         assert!(explain(PolicyMode::Fargate)
             .lines()
             .skip(1)

@@ -13,9 +13,10 @@ pub enum PolicyMode {
     Fargate,
     /// Kata-like: the pod's VM is the boundary, so what stays inside it is
     /// honoured there (privileged containers get every capability and the
-    /// guest's devices, capabilities may be added, DaemonSet pods run).
-    /// What would reach past the VM stays refused: the node's namespaces,
-    /// its ports and its devices.
+    /// guest's devices, capabilities may be added, DaemonSet pods run), and
+    /// host ports are forwarded to the pod as the CNI portmap plugin does.
+    /// What would put the node inside the pod stays refused: the node's
+    /// namespaces and its devices.
     Vm,
 }
 
@@ -33,9 +34,10 @@ impl PolicyMode {
     pub fn enforces(self, rule: Rule) -> bool {
         match self {
             PolicyMode::Fargate => true,
-            PolicyMode::Vm => {
-                !matches!(rule, Rule::Privileged | Rule::Capability | Rule::DaemonSet)
-            }
+            PolicyMode::Vm => !matches!(
+                rule,
+                Rule::Privileged | Rule::Capability | Rule::DaemonSet | Rule::HostPort
+            ),
         }
     }
 }
@@ -45,7 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_mode_waives_only_what_stays_inside_the_vm() {
+    fn vm_mode_waives_what_stays_inside_the_vm_and_host_ports() {
         for rule in Rule::ALL {
             assert!(PolicyMode::Fargate.enforces(rule), "{rule}");
         }
@@ -55,7 +57,12 @@ mod tests {
             .collect();
         assert_eq!(
             waived,
-            vec![Rule::Privileged, Rule::DaemonSet, Rule::Capability]
+            vec![
+                Rule::Privileged,
+                Rule::HostPort,
+                Rule::DaemonSet,
+                Rule::Capability
+            ]
         );
     }
 }

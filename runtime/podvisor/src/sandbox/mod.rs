@@ -22,7 +22,7 @@ use crate::events::{Event, EventBus, EventKind};
 use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
 use crate::hypervisor::{self, Hypervisor, Supervised, Vm, VmConfig, VmError};
 use crate::ids::{now_ns, random_id};
-use crate::network::{NetworkError, NetworkManager};
+use crate::network::{hostport, HostPort, NetworkError, NetworkManager};
 use crate::volume::share::{self, PodShare};
 use crate::volume::virtiofsd::Virtiofsd;
 pub use record::{PodMetadata, SandboxRecord, SandboxState};
@@ -48,6 +48,13 @@ pub enum SandboxError {
         uid: String,
         attempt: u32,
         id: String,
+    },
+    #[error("host port {port} is already held by pod {holder:?} (sandbox {holder_id}); it is free again once that pod is stopped")]
+    HostPortTaken {
+        port: HostPort,
+        /// `namespace/name` of the pod holding it.
+        holder: String,
+        holder_id: String,
     },
     #[error("starting the pod VM: {0}")]
     Vm(#[from] VmError),
@@ -82,6 +89,8 @@ pub struct RunRequest {
     pub runtime_handler: String,
     /// Written in the VM at setup (see `sysctl`).
     pub sysctls: BTreeMap<String, String>,
+    /// Validated, pairwise distinct host ports (mode vm).
+    pub host_ports: Vec<HostPort>,
 }
 
 /// The live parts of a pod; absent once stopped.
@@ -239,6 +248,7 @@ impl SandboxManager {
             log_directory: req.log_directory.clone(),
             hostname: req.hostname.clone(),
             runtime_handler: req.runtime_handler.clone(),
+            host_ports: req.host_ports.clone(),
         };
         let pod = Arc::new(Pod {
             record: Mutex::new(record.clone()),
@@ -256,6 +266,17 @@ impl SandboxManager {
                     uid: m.uid.clone(),
                     attempt: m.attempt,
                     id: existing.id(),
+                });
+            }
+            // Host ports are claimed under the same lock. The records are
+            // the claims, so they hold across a daemon restart.
+            let records: Vec<SandboxRecord> = pods.values().map(|p| p.record()).collect();
+            let held = records.iter().map(|r| (r, r.host_ports.as_slice()));
+            if let Some((port, holder)) = hostport::conflict(&req.host_ports, held) {
+                return Err(SandboxError::HostPortTaken {
+                    port,
+                    holder: format!("{}/{}", holder.metadata.namespace, holder.metadata.name),
+                    holder_id: holder.id.clone(),
                 });
             }
             pods.insert(id.clone(), pod.clone());
@@ -300,7 +321,10 @@ impl SandboxManager {
         .await?;
         let fs_pid = fs.process.pid();
         live.fs = Some(fs);
-        let net = self.network.attach(&record.id).await?;
+        let net = self
+            .network
+            .attach_with_host_ports(&record.id, &record.host_ports)
+            .await?;
         let vm_config = VmConfig {
             id: record.id.clone(),
             vcpus: record.vcpus,
@@ -439,9 +463,12 @@ impl SandboxManager {
             r.dialer = None;
         })?;
         pod.share().teardown()?;
-        // The VM is gone: its tap, route and rules go, and its address is
-        // free again.
+        // The VM is gone: its tap, route and rules go, and its address and
+        // host ports are free again.
         self.network.detach(&pod.id()).await?;
+        if !pod.record().host_ports.is_empty() {
+            pod.update(|r| r.host_ports.clear())?;
+        }
         tracing::info!(id = %pod.id(), "pod sandbox stopped");
         if was_ready {
             self.publish(&pod.id(), EventKind::Stopped);

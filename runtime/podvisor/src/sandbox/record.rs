@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::AgentDialer;
+use crate::network::HostPort;
 use crate::persist::write_atomic;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +52,11 @@ pub struct SandboxRecord {
     /// for records written before handlers were recorded).
     #[serde(default)]
     pub runtime_handler: String,
+    /// The node ports forwarded to the pod (mode vm). Held from
+    /// RunPodSandbox until the pod is stopped, then cleared: a stopped pod
+    /// never runs again, and another pod may take them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<HostPort>,
 }
 
 pub const RECORD_FILE: &str = "sandbox.json";
