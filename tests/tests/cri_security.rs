@@ -289,6 +289,31 @@ async fn pod_security_settings_in_netns() {
         "hi"
     );
 
+    // Masked paths: the file reads as /dev/null, and exec'ing it fails.
+    let masked = start(
+        &mut cri,
+        &pod_a,
+        &sandbox_a,
+        container(
+            "masked",
+            &image,
+            &["sleep", "4104"],
+            cri::LinuxContainerSecurityContext {
+                masked_paths: vec!["/etc/group".into()],
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(out(&mut cri, &masked, "wc -c < /etc/group").await, "0");
+    let dev = out(&mut cri, &masked, "stat -c '%t,%T' /etc/group").await;
+    assert_eq!(dev, "1,3", "/dev/null's device numbers");
+    let unmasked = out(&mut cri, &a3, "wc -c < /etc/group").await;
+    assert_ne!(
+        unmasked, "0",
+        "another container's /etc/group is not masked"
+    );
+
     // Localhost: the profile file from the host, for the main process
     // (its chmod fails) and for execs.
     let profiles = tempfile::tempdir().unwrap();
