@@ -92,6 +92,8 @@ pub enum SpecError {
     RelativeWorkingDir(String),
     #[error("mount container_path {0:?} is not an absolute path")]
     RelativeMountPath(String),
+    #[error("supplemental group {0} is not a valid gid")]
+    BadGroup(i64),
     #[error("{0} sets run_as_group without run_as_user or run_as_username: a group alone cannot be applied")]
     RunAsGroupWithoutUser(&'static str),
     #[error("NamespaceMode TARGET needs namespace_options.target_id, the container whose PID namespace to join")]
@@ -527,16 +529,47 @@ fn resolve_user(
     if let Some(g) = &security.run_as_group {
         gid = g.value as u32;
     }
-    let additional_gids = security
-        .supplemental_groups
-        .iter()
-        .map(|g| *g as u32)
-        .collect();
+    // The groups the image's /etc/group lists the user in come first, then
+    // the request's supplemental groups: what kubelet's other runtimes give
+    // a process (SupplementalGroupsPolicy "Merge", the default).
+    let mut additional_gids = image_groups_of(uid, &passwd, &read_image_file(layers, "etc/group"));
+    for g in &security.supplemental_groups {
+        let g = u32::try_from(*g).map_err(|_| SpecError::BadGroup(*g))?;
+        if !additional_gids.contains(&g) {
+            additional_gids.push(g);
+        }
+    }
     Ok(User {
         uid,
         gid,
         additional_gids,
     })
+}
+
+/// The gids of the groups in `group` that name `uid`'s user (from
+/// `passwd`) as a member.
+fn image_groups_of(uid: u32, passwd: &str, group: &str) -> Vec<u32> {
+    let uid = uid.to_string();
+    let Some(name) = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2] == uid)
+        .map(|f| f[0].to_string())
+    else {
+        return Vec::new();
+    };
+    let mut gids = Vec::new();
+    for fields in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+        if fields.len() < 4 || !fields[3].split(',').any(|m| m.trim() == name) {
+            continue;
+        }
+        if let Ok(gid) = fields[2].parse::<u32>() {
+            if !gids.contains(&gid) {
+                gids.push(gid);
+            }
+        }
+    }
+    gids
 }
 
 fn primary_gid(passwd: &str, uid: u32) -> u32 {
@@ -987,5 +1020,17 @@ mod tests {
         assert!(spec["linux"]["resources"].get("devices").is_none());
         assert!(spec.get("annotations").is_none());
         assert!(spec.get("mounts").is_none(), "agent defaults");
+    }
+
+    #[test]
+    fn the_image_groups_of_the_user_come_before_the_requested_ones() {
+        let passwd = "root:x:0:0::/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n";
+        let group = "root:x:0:\nusers:x:100:other\ngroup-defined-in-image:x:50000:default-user\nwheel:x:10:root, default-user\n";
+        assert_eq!(image_groups_of(1000, passwd, group), vec![50000, 10]);
+        assert_eq!(image_groups_of(0, passwd, group), vec![10]);
+        assert!(
+            image_groups_of(4242, passwd, group).is_empty(),
+            "no such user"
+        );
     }
 }
