@@ -167,6 +167,7 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: m.propagation,
                 ..Default::default()
             })
@@ -176,6 +177,23 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         image_id: r.image_id.clone(),
         user: None,
     }
+}
+
+/// The handlers Status advertises (the default one, "", and "podvisor"),
+/// with what they support: recursive read-only mounts (the share makes a
+/// host path read-only throughout with mount_setattr), no user namespaces.
+fn runtime_handlers() -> Vec<cri::RuntimeHandler> {
+    let features = cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: true,
+        user_namespaces: false,
+    };
+    ["", "podvisor"]
+        .into_iter()
+        .map(|name| cri::RuntimeHandler {
+            name: name.into(),
+            features: Some(features),
+        })
+        .collect()
 }
 
 fn u64_value(value: u64) -> Option<cri::UInt64Value> {
@@ -474,7 +492,7 @@ impl RuntimeService for Runtime {
                 conditions: vec![runtime, network],
             }),
             info: HashMap::new(),
-            runtime_handlers: vec![],
+            runtime_handlers: runtime_handlers(),
             features: None,
         }))
     }
