@@ -239,7 +239,7 @@ async fn kubelet_features(test: &str) {
     assert_eq!(handlers, ["", "podvisor"]);
     assert!(status.runtime_handlers.iter().all(|h| h
         .features
-        .is_some_and(|f| !f.user_namespaces && !f.recursive_read_only_mounts)));
+        .is_some_and(|f| !f.user_namespaces && f.recursive_read_only_mounts)));
     let config = pod_config("web", logs.path());
     let err = run_pod(&mut cri, &config, "kata").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");

@@ -31,6 +31,7 @@ use crate::image::{ImageError, ImageService};
 use crate::logs::CriLog;
 use crate::sandbox::{Pod, SandboxError, SandboxManager, SandboxState};
 use crate::volume::efs::{self, EfsError};
+use crate::volume::mode::{MountModeError, ReadOnly, VolumeMode};
 use crate::volume::share::ShareError;
 pub use io::ExecOutput;
 pub use record::{ContainerRecord, ContainerState, ExitRecord, MountRecord};
@@ -70,6 +71,8 @@ pub enum ContainerError {
     Spec(#[from] SpecError),
     #[error("sharing a path with the pod VM: {0}")]
     Share(#[from] ShareError),
+    #[error(transparent)]
+    MountMode(#[from] MountModeError),
     #[error("NFS volume: {0}")]
     Volume(#[from] EfsError),
     #[error("{what}: {}", status.message())]
@@ -409,6 +412,13 @@ impl ContainerManager {
         layers: &[PathBuf],
         share: &crate::volume::share::PodShare,
     ) -> Result<(serde_json::Value, Vec<MountRecord>)> {
+        // Every mount is judged before anything is shared.
+        let modes = config
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(index, m)| VolumeMode::of(index, m))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut lower_dirs = Vec::with_capacity(layers.len());
         for layer in layers {
             lower_dirs.push(share.expose_layer(layer)?.to_string_lossy().into_owned());
@@ -418,30 +428,41 @@ impl ContainerManager {
         // EFS/NFS volumes are mounted by the agent, the rest shared.
         let planner = efs::Planner::new(&self.config.volumes.efs);
         let mut volumes = Vec::new();
-        for (index, m) in config.mounts.iter().enumerate() {
+        for (index, (m, mode)) in config.mounts.iter().zip(modes).enumerate() {
             if m.host_path.is_empty() || m.container_path.is_empty() {
                 return Err(ContainerError::InvalidArgument(format!(
                     "mount {index}: host_path and container_path are required"
                 )));
             }
             let host_path = Path::new(&m.host_path);
-            let guest_path = match planner.plan(id, index, host_path, m.readonly).await? {
-                Some(volume) => {
-                    volumes.push(volume.mount);
-                    volume.guest_path
-                }
-                None => share.expose_host_path(id, index, host_path, m.readonly)?,
-            };
+            // The guest's bind is read-only where the guest must enforce
+            // it: an NFS volume the agent mounts (nothing is below it), and
+            // a recursively read-only share (the guest's submounts inherit
+            // it). A share read-only at the top only is enforced by the
+            // host (virtiofsd answers EROFS), so that the host's submounts
+            // under it stay writable, as they are under a bind with `ro`.
+            let (guest_path, guest_readonly) =
+                match planner.plan(id, index, host_path, m.readonly).await? {
+                    Some(volume) => {
+                        volumes.push(volume.mount);
+                        (volume.guest_path, m.readonly)
+                    }
+                    None => (
+                        share.expose_host_path(id, index, host_path, mode)?,
+                        mode.readonly == ReadOnly::Recursive,
+                    ),
+                };
             guest_mounts.push(GuestMount {
                 guest_path,
                 container_path: m.container_path.clone(),
-                readonly: m.readonly,
+                readonly: guest_readonly,
                 propagation: m.propagation,
             });
             records.push(MountRecord {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: m.propagation,
             });
         }

@@ -20,6 +20,9 @@ pub struct MountRecord {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Records from before recursive read-only mounts have none.
+    #[serde(default)]
+    pub recursive_read_only: bool,
     pub propagation: i32,
 }
 

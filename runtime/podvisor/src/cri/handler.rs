@@ -15,9 +15,10 @@ pub fn runtime_handlers() -> Vec<cri::RuntimeHandler> {
         .map(|name| cri::RuntimeHandler {
             name: name.to_string(),
             features: Some(cri::RuntimeHandlerFeatures {
-                // Read-only mounts are not made recursively read-only, and
-                // pods get no user namespace of their own.
-                recursive_read_only_mounts: false,
+                // Recursive read-only mounts are set on the host side of
+                // the pod's share (docs/volumes.md); pods get no user
+                // namespace of their own.
+                recursive_read_only_mounts: true,
                 user_namespaces: false,
             }),
         })

@@ -93,6 +93,10 @@ impl From<ContainerError> for Status {
             ContainerError::Agent { status, .. } => Status::new(status.code(), message),
             ContainerError::Timeout(_) => Status::deadline_exceeded(message),
             ContainerError::Volume(e) => volume_status(&e, message),
+            ContainerError::MountMode(e) if e.is_unsupported() => {
+                Status::failed_precondition(message)
+            }
+            ContainerError::MountMode(_) => Status::invalid_argument(message),
             ContainerError::Share(_) | ContainerError::Io(_) => Status::internal(message),
         }
     }

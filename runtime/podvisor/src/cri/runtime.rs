@@ -241,6 +241,7 @@ pub(crate) fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: m.propagation,
                 ..Default::default()
             })

@@ -129,7 +129,13 @@ impl Pod {
 
     /// The pod's virtio-fs share on the host.
     pub fn share(&self) -> PodShare {
-        PodShare::new(self.lock_record().share_dir(), GUEST_SHARE_DIR)
+        let record = self.lock_record();
+        let share = PodShare::new(record.share_dir(), GUEST_SHARE_DIR);
+        match record.virtiofsd_pid {
+            // virtiofsd's sandbox makes the served directory its root.
+            Some(pid) => share.served_by(pid, "/"),
+            None => share,
+        }
     }
 
     /// Drops the agent connection, so the next call dials again (after a
@@ -314,7 +320,7 @@ impl SandboxManager {
         let mut live = pod.live.lock().await;
         let fs = Virtiofsd::start(
             &self.config.virtiofsd,
-            &record.share_dir(),
+            &pod.share().served_dir(),
             &record.run_dir.join("fs.sock"),
             SHARE_TAG,
         )
@@ -350,7 +356,11 @@ impl SandboxManager {
                 source: SHARE_TAG.into(),
                 target: GUEST_SHARE_DIR.into(),
                 options: vec![],
-                readonly: true,
+                // The host decides, mount by mount, where the guest may
+                // write (virtiofsd answers EROFS elsewhere). Read-only
+                // here, the guest's submounts of host paths would inherit
+                // it and writable volumes could not be written.
+                readonly: false,
             }],
             ..Default::default()
         };

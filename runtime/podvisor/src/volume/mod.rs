@@ -1,5 +1,7 @@
 //! File systems shared into pod VMs.
 
 pub mod efs;
+pub mod mode;
+pub mod mount_api;
 pub mod share;
 pub mod virtiofsd;
