@@ -339,7 +339,16 @@ impl Agent for AgentService {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let c = self.containers.get(&req.get_ref().container_id)?;
         let usage = c.usage()?;
+        let layer = {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.layer_usage())
+                .await
+                .unwrap_or_default()
+        };
         Ok(Response::new(ContainerStatsResponse {
+            writable_layer_bytes: layer.bytes,
+            writable_layer_inodes: layer.inodes,
+            writable_layer_capacity_bytes: layer.capacity_bytes,
             timestamp: Some(std::time::SystemTime::now().into()),
             cpu_usage_ns: usage.cpu_ns,
             memory_usage_bytes: usage.memory_bytes,

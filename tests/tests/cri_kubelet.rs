@@ -398,6 +398,8 @@ async fn kubelet_features(test: &str) {
         "container_network_transmit_bytes_total",
         "container_network_receive_packets_total",
         "container_network_transmit_packets_total",
+        "container_fs_usage_bytes",
+        "container_fs_limit_bytes",
     ] {
         assert!(names.contains(&name), "{name} missing: {names:?}");
     }
@@ -453,6 +455,67 @@ async fn kubelet_features(test: &str) {
             "{name}: {b} -> {a} after 5 pings of 1000 bytes"
         );
     }
+
+    // The writable layer: a 2 MiB file written in the container shows in
+    // the layer's usage (CRI stats and the cAdvisor metric alike), and the
+    // guest filesystem it is on has a size.
+    let write = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: runner.clone(),
+            cmd: [
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/scratch.bin bs=64k count=32 2>&1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            timeout: 60,
+        })
+        .await
+        .expect("ExecSync dd")
+        .into_inner();
+    assert_eq!(
+        write.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&write.stdout)
+    );
+    let runner_fs = |m: &cri::PodSandboxMetrics, name: &str| {
+        value(
+            &m.container_metrics
+                .iter()
+                .find(|c| c.container_id == runner)
+                .expect("the running container's metrics")
+                .metrics,
+            name,
+        )
+    };
+    let written = pod_metrics(&mut cri, &pod).await;
+    let (fs_before, fs_after) = (
+        runner_fs(&before, "container_fs_usage_bytes"),
+        runner_fs(&written, "container_fs_usage_bytes"),
+    );
+    assert!(
+        fs_after >= fs_before + 2 * 1024 * 1024,
+        "container_fs_usage_bytes {fs_before} -> {fs_after} after writing 2 MiB"
+    );
+    assert!(runner_fs(&written, "container_fs_limit_bytes") >= fs_after);
+    let layer = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: runner.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .unwrap()
+        .writable_layer
+        .expect("writable layer usage");
+    assert!(
+        layer.used_bytes.unwrap().value >= 2 * 1024 * 1024,
+        "{layer:?}"
+    );
+    assert!(layer.inodes_used.unwrap().value >= 1, "{layer:?}");
 
     // --- pod stop and removal ---
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {

@@ -7,6 +7,7 @@
 mod cgroup;
 mod console;
 mod exec_seccomp;
+mod layer_usage;
 mod podns;
 mod rootfs;
 mod signal;
@@ -175,6 +176,12 @@ impl Container {
 
     pub fn usage(&self) -> Result<Usage> {
         self.cgroup.usage()
+    }
+
+    /// The writable layer's size; walks the layer, so call from blocking
+    /// code.
+    pub fn layer_usage(&self) -> layer_usage::LayerUsage {
+        layer_usage::measure(&self.bundle.join("upper"))
     }
 }
 

@@ -1,9 +1,12 @@
 //! ListMetricDescriptors and ListPodSandboxMetrics: the pod and container
 //! metrics kubelet's CRI stats path serves on /metrics/cadvisor, under
 //! cAdvisor's names and labels. CPU and memory come from the guest's
-//! cgroups through the agent; network from the pod's tap on the host.
-//! Filesystem usage is not measured (the writable layer lives in the
-//! guest, and the agent does not report it), so no `container_fs_*`.
+//! cgroups through the agent; network from the pod's tap on the host;
+//! filesystem from the agent's walk of the container's writable layer in
+//! the guest (`container_fs_usage_bytes`) and the size of the guest
+//! filesystem it is on (`container_fs_limit_bytes`). cAdvisor adds a
+//! `device` label to these; a pod VM's layer has no host device, so they
+//! carry the container labels only.
 
 use k8s_cri::v1 as cri;
 use podvisor_proto::ContainerStatsResponse;
@@ -87,6 +90,18 @@ const DEFS: &[Def] = &[
         "container_oom_events_total",
         "Count of out-of-memory events observed for the container",
         Counter,
+        Container,
+    ),
+    def(
+        "container_fs_usage_bytes",
+        "Number of bytes that are consumed by the container's writable layer",
+        Gauge,
+        Container,
+    ),
+    def(
+        "container_fs_limit_bytes",
+        "Number of bytes the filesystem of the container's writable layer can hold",
+        Gauge,
         Container,
     ),
     def(
@@ -236,6 +251,8 @@ pub fn pod_metrics(
                 ("container_memory_rss", s.memory_rss_bytes),
                 ("container_processes", s.pids),
                 ("container_oom_events_total", s.oom_kills),
+                ("container_fs_usage_bytes", s.writable_layer_bytes),
+                ("container_fs_limit_bytes", s.writable_layer_capacity_bytes),
                 (
                     "container_start_time_seconds",
                     u64::try_from(c.started_at_ns / 1_000_000_000).unwrap_or(0),

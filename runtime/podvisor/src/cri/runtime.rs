@@ -293,6 +293,14 @@ impl Runtime {
                 rss_bytes: u64_value(s.memory_rss_bytes),
                 ..Default::default()
             });
+            out.writable_layer = Some(cri::FilesystemUsage {
+                timestamp: at,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: "/".into(),
+                }),
+                used_bytes: u64_value(s.writable_layer_bytes),
+                inodes_used: u64_value(s.writable_layer_inodes),
+            });
         }
         Ok(out)
     }
