@@ -237,8 +237,11 @@ fn efs_volumes_are_mounted_inside_pod_vms() {
         assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
         assert!(err.message().contains(SILENT), "{}", err.message());
         // The mount timeout was honoured (the code and message say it is
-        // what ended the call).
-        assert!(took >= Duration::from_secs(TIMEOUT_SECS), "{took:?}");
+        // what ended the call). The guest measures it on its own clock,
+        // which under TCG runs a little apart from the host's (a CI run
+        // saw 4.91 s for 5 s), so the host allows it a tenth.
+        let honoured = Duration::from_secs(TIMEOUT_SECS) * 9 / 10;
+        assert!(took >= honoured, "{took:?}");
 
         // A directory the server does not have: its error, at once.
         let t = Instant::now();
