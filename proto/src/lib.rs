@@ -14,6 +14,16 @@ pub mod v1 {
     /// Name of the virtio-serial port the agent opens on the qemu backend.
     pub const AGENT_SERIAL_PORT_NAME: &str = "podvisor.agent";
 
+    /// A virtio-serial port has no connections, only bytes: each time the
+    /// runtime connects it sends `SERIAL_HELLO <nonce>\n` and discards what
+    /// it reads until the agent's `SERIAL_READY <nonce>\n`; gRPC follows.
+    /// The nonce marks off what an earlier connection left in the port.
+    pub const SERIAL_HELLO: &str = "PODVISOR-HELLO";
+    pub const SERIAL_READY: &str = "PODVISOR-READY";
+    /// Longest handshake line, newline included; a nonce is 1 to 32
+    /// characters of `[0-9a-f]`.
+    pub const SERIAL_LINE_MAX: usize = 64;
+
     /// OCI spec annotation (value "true") by which the runtime asks for a
     /// privileged container: the agent gives it the guest's devices. The
     /// rest of what privileged means is in the spec itself.

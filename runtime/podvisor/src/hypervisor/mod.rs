@@ -73,9 +73,12 @@ pub struct VmConfig {
 /// How the runtime reaches the agent of a running VM.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum AgentDialer {
-    /// A unix socket whose stream is the agent's (qemu's virtio-serial
-    /// chardev).
+    /// A unix socket whose stream is the agent's, as it is.
     Unix(PathBuf),
+    /// qemu's virtio-serial chardev socket: one byte stream for the VM's
+    /// life, each connection opened by the hello handshake of
+    /// `podvisor_proto::SERIAL_HELLO`.
+    Serial(PathBuf),
     /// Firecracker-style hybrid vsock: connect, send `CONNECT <port>\n`,
     /// read `OK <n>\n`, then the stream is the agent's.
     HybridVsock { socket: PathBuf, port: u32 },

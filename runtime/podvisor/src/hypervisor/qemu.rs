@@ -228,7 +228,7 @@ impl Hypervisor for Qemu {
             id: config.id.clone(),
             backend: "qemu",
             process,
-            dialer: AgentDialer::Unix(paths.agent),
+            dialer: AgentDialer::Serial(paths.agent),
             console_log: paths.console,
             dir: config.dir.clone(),
         })

@@ -1,20 +1,18 @@
 //! Where the agent listens: vsock, a virtio-serial port, or a unix socket.
 //!
 //! Each yields a stream of byte-stream connections for the gRPC server. A
-//! virtio-serial port is one stream for the VM's lifetime: when the runtime
-//! hangs up (or restarts), the port is reopened and served again.
+//! virtio-serial port is one byte stream for the VM's lifetime, cut into
+//! one session per runtime connection (see [`serial`]).
+
+mod serial;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
@@ -57,7 +55,7 @@ impl FromStr for Endpoint {
 pub enum Conn {
     Unix(UnixStream),
     Vsock(VsockStream),
-    Serial(SerialPort),
+    Serial(serial::Session),
 }
 
 impl Connected for Conn {
@@ -146,23 +144,27 @@ pub async fn listen(endpoint: &Endpoint) -> io::Result<Incoming> {
         Endpoint::Serial(path) => {
             let path = path.clone();
             tokio::spawn(async move {
+                let port = loop {
+                    match serial::SerialPort::open(&path) {
+                        Ok(port) => break port,
+                        Err(e) => {
+                            if !forward(&tx, Err(e)).await {
+                                return;
+                            }
+                        }
+                    }
+                };
                 loop {
-                    // A serial port carries one connection at a time: the
-                    // next open waits until the server dropped this one.
-                    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-                    let conn =
-                        SerialPort::open_when_connected(path.clone())
-                            .await
-                            .map(|mut port| {
-                                port._closed = Some(closed_tx);
-                                Conn::Serial(port)
-                            });
-                    let opened = conn.is_ok();
-                    if !forward(&tx, conn).await {
+                    // One session at a time: the next hello is read once
+                    // the server dropped this session.
+                    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+                    let session = port.accept(ended_tx).await.map(Conn::Serial);
+                    let accepted = session.is_ok();
+                    if !forward(&tx, session).await {
                         return;
                     }
-                    if opened {
-                        let _ = closed_rx.await;
+                    if accepted {
+                        let _ = ended_rx.await;
                     }
                 }
             });
@@ -178,125 +180,6 @@ async fn forward(tx: &tokio::sync::mpsc::Sender<io::Result<Conn>>, conn: io::Res
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     tx.send(conn).await.is_ok()
-}
-
-/// `/dev/virtio-ports/NAME` is a udev-made link, and the guest has no udev:
-/// find the port whose sysfs `name` matches and use its /dev node.
-fn resolve_serial_port(path: &std::path::Path) -> io::Result<PathBuf> {
-    if path.exists() {
-        return Ok(path.to_path_buf());
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    for entry in std::fs::read_dir("/sys/class/virtio-ports")?.flatten() {
-        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if port_name.trim() == name {
-            return Ok(PathBuf::from("/dev").join(entry.file_name()));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no virtio-serial port named {name:?}"),
-    ))
-}
-
-/// A virtio-serial port, opened non-blocking once the host side is open.
-pub struct SerialPort {
-    fd: AsyncFd<OwnedFd>,
-    /// Dropped with the port, which tells the listener to reopen it.
-    _closed: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl SerialPort {
-    async fn open_when_connected(path: PathBuf) -> io::Result<SerialPort> {
-        let path = resolve_serial_port(&path)?;
-        let fd = nix::fcntl::open(
-            &path,
-            OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        // SAFETY: open just returned this descriptor.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // While the host end is closed the port polls as hung up; wait for
-        // it without spinning on end-of-file reads, and without holding a
-        // thread (the runtime must be able to stop while nobody connects).
-        loop {
-            let mut fds = [PollFd::new(
-                std::os::fd::AsFd::as_fd(&fd),
-                PollFlags::POLLIN,
-            )];
-            poll(&mut fds, PollTimeout::ZERO)?;
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if !revents.contains(PollFlags::POLLHUP) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(SerialPort {
-            // SAFETY: the AsyncFd owns the descriptor, so it stays open for
-            // as long as it is registered.
-            fd: unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?,
-            _closed: None,
-        })
-    }
-}
-
-impl AsyncRead for SerialPort {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = match self.fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(g)) => g,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SerialPort {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = match self.fd.poll_write_ready(cx) {
-                Poll::Ready(Ok(g)) => g,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
-            {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]
