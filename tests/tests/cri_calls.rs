@@ -466,7 +466,7 @@ async fn calls_and_rules(test: &str) {
         },
     )
     .await;
-    assert_eq!(ids_of(&by_id), [calm.clone()]);
+    assert_eq!(ids_of(&by_id), std::slice::from_ref(&calm));
     let by_pod = list_container_stats(
         &mut cri,
         cri::ContainerStatsFilter {
@@ -493,7 +493,7 @@ async fn calls_and_rules(test: &str) {
         },
     )
     .await;
-    assert_eq!(ids_of(&by_label), [busy.clone()]);
+    assert_eq!(ids_of(&by_label), std::slice::from_ref(&busy));
 
     // --- UpdateContainerResources: cpu and memory in the guest's cgroup ---
     cri.update_container_resources(cri::UpdateContainerResourcesRequest {
@@ -854,7 +854,7 @@ async fn recovery(test: &str) {
         .into_inner()
         .info;
     let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let vm_pid = info["vmPid"].as_i64().expect("vmPid") as i32;
+    let vm_pid = i32::try_from(info["vmPid"].as_i64().expect("vmPid")).expect("a pid");
     assert!(!daemon.vm_processes().is_empty());
     daemon.kill();
     nix::sys::signal::kill(
