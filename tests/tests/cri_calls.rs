@@ -819,6 +819,11 @@ async fn admission_table(
     }
 }
 
+// Not checked yet, as main fails them: after a SIGKILL and restart the
+// daemon never reaches the agent of a live pod VM again (over the qemu
+// virtio-serial port the first call gets an HTTP/2 PROTOCOL_ERROR, the next
+// hangs), so a container that exited while the daemon was down stays
+// Running and a Created one cannot be started.
 #[test]
 fn a_pod_vm_that_dies_while_the_daemon_is_down() {
     let test = "a_pod_vm_that_dies_while_the_daemon_is_down";
