@@ -37,6 +37,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The critest stand-in images' busybox: Debian's dynamically linked build,
+# whose shell looks commands up in PATH as upstream's does (busybox-static
+# runs applets without exec). The package conflicts with busybox-static, so
+# only its binary is unpacked, where tests/src/critest_images.rs reads it.
+busybox_dir=/var/cache/podvisor/busybox
+if [ ! -x "$busybox_dir/busybox" ]; then
+    echo "==> unpacking Debian's busybox to $busybox_dir"
+    tmp=$(mktemp -d)
+    chmod 0755 "$tmp"
+    (cd "$tmp" && apt-get download -qq busybox 2>/dev/null || { apt-get update -qq && apt-get download -qq busybox; })
+    dpkg-deb -x "$tmp"/busybox_*.deb "$tmp/root"
+    install -D -m 0755 "$tmp/root/bin/busybox" "$busybox_dir/busybox"
+    rm -rf "$tmp"
+fi
+
 # Python packages the tests drive podvisor with: grpcio (gRPC C-core) is a
 # CRI client podvisor did not write.
 if ! python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check \

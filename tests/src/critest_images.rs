@@ -4,12 +4,18 @@
 //! by a local registry under the repository path of the name critest uses,
 //! and the runtime reaches it through `registry.mirrors`.
 //!
-//! Every image is built from Debian's busybox-static (the `busybox-static`
-//! package), small shell scripts of our own and image configs. Where a
+//! Every image is built from Debian's busybox, small shell scripts of our own and image configs. Where a
 //! stand-in differs from the upstream image:
 //!
-//! - The busybox base is busybox 1.35 from Debian with every applet linked
-//!   in `/bin`, not the upstream busybox 1.29/1.36 image. Debian's build has
+//! - The busybox base is Debian's dynamically linked busybox 1.35 (with
+//!   the libraries `ldd` names) and every applet hard-linked in `/bin`, as
+//!   upstream links them, not the upstream busybox 1.29/1.36 image. Not
+//!   busybox-static: its shell runs applets without exec'ing them, where
+//!   upstream's looks commands up in `PATH` (the MaskedPaths spec masks
+//!   `/bin/ls` and expects `sh -c ls` to fail with busybox's message).
+//!   `scripts/install-deps.sh` unpacks that binary to [`BUSYBOX`] (the
+//!   package conflicts with busybox-static, which the rest of the project
+//!   uses). Debian's build has
 //!   no `pgrep` and no `ipcs`, which critest runs; both are shell scripts
 //!   here (`pgrep PATTERN` over `/proc/*/comm`, `ipcs [-m|-q|-s|-a]` printing
 //!   `/proc/sysvipc`). `/etc/passwd` and `/etc/group` hold the entries the
@@ -64,7 +70,11 @@ pub const UNREPRODUCIBLE: &[&str] = &[
 ];
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const BUSYBOX: &str = "/bin/busybox";
+/// Debian's dynamically linked busybox, unpacked by scripts/install-deps.sh.
+pub const BUSYBOX: &str = "/var/cache/podvisor/busybox/busybox";
+/// busybox-static, for the setuid stand-in (its build honours
+/// /etc/busybox.conf).
+const BUSYBOX_STATIC: &str = "/bin/busybox";
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
 daemon:x:1:1:daemon:/usr/sbin:/bin/false\n\
@@ -82,7 +92,7 @@ users:x:100:\n\
 nogroup:x:65534:\n";
 
 /// `pgrep PATTERN`: what critest's `pgrep sleep` needs of procps' pgrep.
-const PGREP: &str = r#"#!/bin/sh
+const PGREP: &str = r#"#!/bin/ash
 # pgrep PATTERN: the pids of processes whose name matches PATTERN (an
 # extended regular expression); exit 1 when none does. Stand-in for the
 # applet Debian's busybox lacks.
@@ -102,7 +112,7 @@ exit $status
 "#;
 
 /// `ipcs -m`: the System V objects of the caller's IPC namespace.
-const IPCS: &str = r#"#!/bin/sh
+const IPCS: &str = r#"#!/bin/ash
 # ipcs [-m|-q|-s|-a]: the System V IPC objects of this IPC namespace, as the
 # kernel lists them in /proc/sysvipc. Stand-in for the applet Debian's
 # busybox lacks.
@@ -363,7 +373,7 @@ pub fn mirrors_toml(mirror_url: &str) -> String {
 /// ipcs scripts, passwd and group, and the directories images expect.
 fn busybox_layer() -> LayerBlob {
     let busybox = std::fs::read(BUSYBOX).unwrap_or_else(|e| {
-        panic!("reading {BUSYBOX} ({e}): install Debian's busybox-static (scripts/install-deps.sh does)")
+        panic!("reading {BUSYBOX} ({e}): scripts/install-deps.sh unpacks Debian's busybox there")
     });
     let list = std::process::Command::new(BUSYBOX)
         .arg("--list")
@@ -381,14 +391,54 @@ fn busybox_layer() -> LayerBlob {
     layer.file("bin/busybox", &busybox, 0o755, 0, 0);
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
-            layer.symlink(&format!("bin/{applet}"), "busybox");
+            layer.hardlink(&format!("bin/{applet}"), "bin/busybox");
         }
     }
+    add_libraries_of(&mut layer, BUSYBOX);
     layer.file("bin/pgrep", PGREP.as_bytes(), 0o755, 0, 0);
     layer.file("bin/ipcs", IPCS.as_bytes(), 0o755, 0, 0);
     layer.file("etc/passwd", PASSWD.as_bytes(), 0o644, 0, 0);
     layer.file("etc/group", GROUP.as_bytes(), 0o644, 0, 0);
     layer.gzip()
+}
+
+/// The loader and libraries `binary` links, at the paths `ldd` names
+/// (where the loader looks for them).
+fn add_libraries_of(layer: &mut LayerBuilder, binary: &str) {
+    let ldd = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd");
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/').to_string();
+        let mut dir = std::path::Path::new(&relative).parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            dir = d.parent();
+        }
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        libs.push((relative, data));
+    }
+    assert!(!libs.is_empty(), "ldd named no libraries for {binary}");
+    for dir in dirs {
+        if dir != "usr" && dir != "usr/bin" {
+            layer.dir(&dir, 0o755, 0, 0);
+        }
+    }
+    for (path, data) in libs {
+        layer.file(&path, &data, 0o755, 0, 0);
+    }
 }
 
 /// An empty file named `name` at the root: what makes test images differ.
@@ -404,7 +454,7 @@ fn marker_layer(name: &str) -> LayerBlob {
 /// process", as nginx's master does.
 fn nginx_layer(port: u16) -> LayerBlob {
     let script = format!(
-        r#"#!/bin/sh
+        r#"#!/bin/ash
 # Stand-in for nginx: busybox httpd serving /usr/share/nginx/html on port {port}.
 # The arguments nginx would take ("-g 'daemon off;'") are ignored.
 echo $$ > /var/run/nginx.pid
@@ -445,7 +495,7 @@ fn nginx_config(port: u16) -> Value {
 /// Apache httpd's stand-in: busybox httpd on port 80, after the line
 /// Apache logs at start.
 fn httpd_layer() -> LayerBlob {
-    let script = r#"#!/bin/sh
+    let script = r#"#!/bin/ash
 # Stand-in for Apache's httpd-foreground: busybox httpd on port 80. The line
 # below is the one Apache logs when it starts in the foreground.
 echo "[mpm_event:notice] AH00094: Command line: 'httpd -D FOREGROUND'" >&2
@@ -481,9 +531,11 @@ exec /bin/httpd -f -p 80 -h /usr/local/apache2/htdocs
 /// `id` only (every other applet drops it, as Debian builds busybox): `id -u`
 /// then prints 0 unless no_new_privs stops the setuid.
 fn setuid_id_layer() -> LayerBlob {
-    let busybox = std::fs::read(BUSYBOX).expect("reading busybox");
+    let busybox = std::fs::read(BUSYBOX_STATIC).expect("reading busybox-static");
     let mut layer = LayerBuilder::new();
     layer.file("bin/busybox", &busybox, 0o4755, 0, 0);
+    // The base layer's /bin/id is a hard link to the base's busybox.
+    layer.hardlink("bin/id", "bin/busybox");
     // busybox ignores the file unless root owns it and only root can write it.
     layer.file("etc/busybox.conf", b"[SUID]\nid = sxx 0.0\n", 0o600, 0, 0);
     layer.gzip()

@@ -119,6 +119,20 @@ fn critest_names_resolve_through_the_printed_mirrors() {
         assert!(group.contains("\ngroup-defined-in-image:x:50000:default-user\n"));
         assert!(group.contains("\ndefault-user:x:1000:\n"));
 
+        // MaskedPaths spec: /bin/ls masks only itself (a hard link, not a
+        // symlink the mask would follow to busybox), and the shell is a
+        // busybox that execs it (Debian's dynamic build), so `sh -c ls`
+        // fails with busybox's own message.
+        let base = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+        let ls = fs::symlink_metadata(file_in(&service, base, "bin/ls")).unwrap();
+        assert!(ls.file_type().is_file() && ls.nlink() > 1, "{ls:?}");
+        let sh = fs::symlink_metadata(file_in(&service, base, "bin/sh")).unwrap();
+        assert_eq!(sh.ino(), ls.ino(), "sh and ls are the same busybox");
+        assert_eq!(
+            fs::read(file_in(&service, base, "bin/sh")).unwrap(),
+            fs::read(podvisor_tests::critest_images::BUSYBOX).unwrap()
+        );
+
         // NoNewPrivs specs: a setuid-root busybox and a config keeping the
         // setuid for `id`, which busybox ignores unless only root can write it.
         let nnp = "registry.k8s.io/e2e-test-images/nonewprivs:1.3";
