@@ -577,9 +577,7 @@ async fn runtime_can_disconnect_and_reconnect() {
     )
     .await;
     // Drop the connection, as a restarting runtime would.
-    a.client = podvisor_tests::agent::connect_unix(&a.socket)
-        .await
-        .unwrap();
+    a.client = podvisor_tests::agent::connect_unix(&a.socket);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut stream = a
         .client

@@ -5,18 +5,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use podvisor_proto::agent_client::AgentClient;
+use podvisor::agent_client::{AgentDialer, AgentTimeouts};
 use podvisor_proto::*;
 use serde_json::json;
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
 
-pub type Client = AgentClient<Channel>;
+/// The runtime's agent client, deadlines included.
+pub type Client = podvisor::agent_client::Agent;
 
-/// Connects a gRPC client to a unix socket, as the runtime does.
-pub async fn connect_unix(path: &Path) -> Result<Client, tonic::transport::Error> {
-    podvisor::agent_client::connect(&podvisor::hypervisor::AgentDialer::Unix(path.to_path_buf()))
-        .await
+/// A gRPC client for a unix socket, made as the runtime makes it; it
+/// connects on its first call.
+pub fn connect_unix(path: &Path) -> Client {
+    podvisor::agent_client::connect(
+        &AgentDialer::Unix(path.to_path_buf()),
+        AgentTimeouts::default(),
+    )
 }
 
 /// An agent process in host test mode with its own state dir and cgroup.
@@ -54,10 +57,9 @@ impl HostAgent {
             .expect("spawn podvisor-agent");
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
-            if let Ok(mut c) = connect_unix(&socket).await {
-                if c.health(HealthRequest {}).await.is_ok() {
-                    break c;
-                }
+            let mut c = connect_unix(&socket);
+            if c.health(HealthRequest {}).await.is_ok() {
+                break c;
             }
             assert!(
                 Instant::now() < deadline,
@@ -266,7 +268,7 @@ impl Drop for HostAgent {
     fn drop(&mut self) {
         // Hang up first, so the agent's graceful shutdown has no client to
         // wait for.
-        self.client = AgentClient::new(Endpoint::from_static("http://closed").connect_lazy());
+        self.client = connect_unix(Path::new("/nonexistent/closed.sock"));
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -106,6 +106,7 @@ pub async fn boot_qemu(id: &str, dir: &Path, opts: BootOptions) -> Result<TestVm
         share: fs.as_ref().map(|f| f.share.clone()),
         dir: dir.join("vm"),
         boot_timeout: opts.timeout,
+        agent_timeouts: podvisor::agent_client::AgentTimeouts::default(),
     };
     match hypervisor::boot(&qemu, &config).await {
         Ok((vm, agent, info)) => Ok(TestVm {

@@ -56,6 +56,13 @@ fn image_spec(image: &str) -> Option<cri::ImageSpec> {
 
 /// Pushes two distinct busybox images, starts a daemon and pulls both.
 async fn setup(test: &str) -> Option<(LocalRegistry, Daemon, Cri, Images, String, String)> {
+    setup_with(test, "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n").await
+}
+
+async fn setup_with(
+    test: &str,
+    config: &str,
+) -> Option<(LocalRegistry, Daemon, Cri, Images, String, String)> {
     let registry_ready = podvisor_tests::prerequisite(
         test,
         "docker-registry",
@@ -75,7 +82,7 @@ async fn setup(test: &str) -> Option<(LocalRegistry, Daemon, Cri, Images, String
         .await;
     let image = format!("{}/calls/busybox:1", registry.addr());
     let other = format!("{}/calls/other:1", registry.addr());
-    let (daemon, cri) = Daemon::start().await;
+    let (daemon, cri) = Daemon::start_with(config).await;
     let mut images = podvisor_tests::daemon::connect_images(&daemon.socket)
         .await
         .unwrap();
@@ -819,11 +826,6 @@ async fn admission_table(
     }
 }
 
-// Not checked yet, as main fails them: after a SIGKILL and restart the
-// daemon never reaches the agent of a live pod VM again (over the qemu
-// virtio-serial port the first call gets an HTTP/2 PROTOCOL_ERROR, the next
-// hangs), so a container that exited while the daemon was down stays
-// Running and a Created one cannot be started.
 #[test]
 fn a_pod_vm_that_dies_while_the_daemon_is_down() {
     let test = "a_pod_vm_that_dies_while_the_daemon_is_down";
@@ -917,4 +919,263 @@ async fn recovery(test: &str) {
         "{:?}",
         mounts_under(daemon.dir.path())
     );
+}
+
+/// The daemon is SIGKILLed while its pod VM keeps running: one container
+/// exits meanwhile, one keeps running, one waits in Created. After the
+/// restart each is where the guest says it is and all three work.
+#[test]
+fn containers_that_exit_run_or_wait_while_the_daemon_is_down() {
+    let test = "containers_that_exit_run_or_wait_while_the_daemon_is_down";
+    podvisor_tests::netns::isolated(test, live_vm_recovery(test));
+}
+
+async fn live_vm_recovery(test: &str) {
+    let Some((_registry, mut daemon, mut cri, _images, image, _)) = setup(test).await else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = pod_config("live", logs.path());
+    let pod = run_pod(&mut cri, &sandbox).await;
+    let running = create(
+        &mut cri,
+        &pod,
+        &sandbox,
+        container_config("running", &image, "while true; do sleep 1; done"),
+    )
+    .await
+    .expect("create running");
+    start(&mut cri, &running).await;
+    let waiting = create(
+        &mut cri,
+        &pod,
+        &sandbox,
+        container_config("waiting", &image, "while true; do sleep 1; done"),
+    )
+    .await
+    .expect("create waiting");
+    // Started last, just before the kill: it ends while the daemon is down.
+    let exiting = create(
+        &mut cri,
+        &pod,
+        &sandbox,
+        container_config("exiting", &image, "sleep 4; exit 3"),
+    )
+    .await
+    .expect("create exiting");
+    start(&mut cri, &exiting).await;
+    let vm_processes = daemon.vm_processes();
+    assert!(!vm_processes.is_empty());
+    daemon.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let mut cri = daemon.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exited = loop {
+        let st = container_status(&mut cri, &exiting).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the exit was never seen: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(exited.exit_code, 3, "{exited:?}");
+    assert!(exited.finished_at > exited.started_at, "{exited:?}");
+
+    let st = container_status(&mut cri, &running).await;
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{st:?}"
+    );
+    assert_eq!(exec(&mut cri, &running, "echo up").await, "up");
+
+    let st = container_status(&mut cri, &waiting).await;
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerCreated as i32,
+        "{st:?}"
+    );
+    start(&mut cri, &waiting).await;
+    assert_eq!(exec(&mut cri, &waiting, "echo up").await, "up");
+    assert_eq!(containers(&mut cri).await.len(), 3);
+    assert_eq!(daemon.vm_processes(), vm_processes, "the same VM serves on");
+
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert!(pods(&mut cri).await.is_empty());
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
+    assert_eq!(taps(), 0, "the pod's tap is gone");
+}
+
+/// How a stand-in for a pod's agent misbehaves.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Accepts connections and never answers.
+    Silent,
+    /// Completes the serial handshake, then sends bytes that are not HTTP/2.
+    Garbage,
+}
+
+/// Puts a hostile listener where the daemon dials the pod's agent (the VM
+/// keeps its own, now unnamed, socket and runs on).
+fn replace_agent(daemon: &Daemon, pod: &str, how: Hostile) {
+    let path = daemon
+        .run_dir
+        .join("vms")
+        .join(&pod[..16])
+        .join("vm/agent.sock");
+    std::fs::remove_file(&path).expect("the pod's agent socket");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            if let Hostile::Garbage = how {
+                use std::io::{Read, Write};
+                let mut hello = [0u8; 64];
+                let n = stream.read(&mut hello).unwrap_or(0);
+                let text = String::from_utf8_lossy(&hello[..n]).into_owned();
+                if let Some(nonce) = text.split_whitespace().nth(1) {
+                    let _ = write!(stream, "\nPODVISOR-READY {nonce}\n");
+                    let _ = stream.write_all(&[0xff; 4096]);
+                }
+            }
+            held.push(stream);
+        }
+    });
+}
+
+/// Pods whose agents stop answering (or answer garbage) are stopped and
+/// removed through CRI, while the node's other pod keeps its stats.
+#[test]
+fn pods_whose_agent_hangs_or_babbles_are_stopped_and_removed() {
+    let test = "pods_whose_agent_hangs_or_babbles_are_stopped_and_removed";
+    podvisor_tests::netns::isolated(test, hostile_agents(test));
+}
+
+async fn hostile_agents(test: &str) {
+    let config = "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n\
+                  [agent]\nconnect_timeout_secs = 3\ncall_timeout_secs = 5\nstats_timeout_secs = 2\n";
+    let Some((_registry, mut daemon, mut cri, _images, image, _)) = setup_with(test, config).await
+    else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let mut pods = Vec::new();
+    for name in ["healthy", "silent", "garbage"] {
+        let sandbox = pod_config(name, logs.path());
+        let pod = run_pod(&mut cri, &sandbox).await;
+        let c = create(
+            &mut cri,
+            &pod,
+            &sandbox,
+            container_config(name, &image, "while true; do sleep 1; done"),
+        )
+        .await
+        .expect("create");
+        start(&mut cri, &c).await;
+        pods.push((pod, c));
+    }
+    let [(healthy, healthy_c), (silent, silent_c), (garbage, _)] = &pods[..] else {
+        unreachable!()
+    };
+    replace_agent(&daemon, silent, Hostile::Silent);
+    replace_agent(&daemon, garbage, Hostile::Garbage);
+    // A restart drops the connections the daemon had: every call dials
+    // the stand-ins from now on.
+    daemon.kill();
+    let mut cri = daemon.restart().await;
+
+    // Generous deadlines that prove the calls return; how fast they return
+    // is not what this test is about.
+    let bounded = Duration::from_secs(120);
+    let stats = tokio::time::timeout(
+        bounded,
+        list_container_stats(&mut cri, cri::ContainerStatsFilter::default()),
+    )
+    .await
+    .expect("ListContainerStats returns while two agents do not answer");
+    let healthy_stats = stats
+        .iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == *healthy_c))
+        .expect("the healthy pod's container is listed");
+    assert!(cpu_ns(healthy_stats) > 0, "{healthy_stats:?}");
+    if let Some(s) = stats
+        .iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == *silent_c))
+    {
+        assert!(s.cpu.is_none(), "no usage from a silent agent: {s:?}");
+    }
+    let pod_stats = tokio::time::timeout(
+        bounded,
+        cri.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }),
+    )
+    .await
+    .expect("ListPodSandboxStats returns")
+    .expect("ListPodSandboxStats")
+    .into_inner()
+    .stats;
+    assert_eq!(pod_stats.len(), 3);
+
+    for pod in [silent, garbage] {
+        let vm_pid = pod_vm_pid(&mut cri, pod).await;
+        tokio::time::timeout(
+            bounded,
+            cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            }),
+        )
+        .await
+        .expect("StopPodSandbox returns")
+        .expect("StopPodSandbox");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{vm_pid}")).exists()
+                || std::fs::read(format!("/proc/{vm_pid}/cmdline")).is_ok_and(|c| c.is_empty()),
+            "the VM of a pod whose agent does not answer is ended"
+        );
+        tokio::time::timeout(
+            bounded,
+            cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            }),
+        )
+        .await
+        .expect("RemovePodSandbox returns")
+        .expect("RemovePodSandbox");
+    }
+    let left: Vec<String> = pods_of(&mut cri).await;
+    assert_eq!(left, vec![healthy.clone()]);
+    assert_eq!(exec(&mut cri, healthy_c, "echo up").await, "up");
+    assert_eq!(taps(), 1, "only the healthy pod's tap is left");
+}
+
+async fn pod_vm_pid(cri: &mut Cri, pod: &str) -> i32 {
+    let info = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    i32::try_from(info["vmPid"].as_i64().expect("vmPid")).expect("a pid")
+}
+
+async fn pods_of(cri: &mut Cri) -> Vec<String> {
+    pods(cri).await.into_iter().map(|p| p.id).collect()
 }

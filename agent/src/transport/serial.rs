@@ -68,14 +68,25 @@ impl SerialPort {
                 tokio::time::sleep(HOST_POLL_INTERVAL).await;
             }
             let fd = self.register()?;
-            let Some(nonce) = read_hello(&fd).await? else {
-                continue; // the runtime left before saying hello
+            let nonce = match read_hello(&fd).await? {
+                Some(Hello::Nonce(nonce)) => nonce,
+                Some(Hello::Legacy(preface)) => {
+                    tracing::info!("runtime connected over the serial port without a handshake");
+                    return Ok(Session {
+                        fd,
+                        replay: preface,
+                        ended: false,
+                        _ended: ended,
+                    });
+                }
+                None => continue, // the runtime left before saying hello
             };
             match write_all(&fd, format!("\n{SERIAL_READY} {nonce}\n").as_bytes()).await {
                 Ok(()) => {
                     tracing::info!(%nonce, "runtime connected over the serial port");
                     return Ok(Session {
                         fd,
+                        replay: Vec::new(),
                         ended: false,
                         _ended: ended,
                     });
@@ -108,9 +119,9 @@ fn read_now(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<Option<usize>> 
 async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
-        }) {
+        match guard
+            .try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(io::Error::from))
+        {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }
@@ -130,16 +141,37 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// How a runtime opened a session.
+enum Hello {
+    Nonce(String),
+    /// A runtime from before the handshake (an older daemon that starts a
+    /// pod on a newly installed guest image) begins with the HTTP/2 client
+    /// preface: the bytes read so far, to be served as they are.
+    Legacy(Vec<u8>),
+}
+
+/// What an HTTP/2 client sends first.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Reads until a hello line; `None` if the host side closed first. When
 /// several hellos are queued (a runtime that gave up and dialled again)
 /// the latest is the one still waiting.
-async fn read_hello(fd: &AsyncFd<OwnedFd>) -> io::Result<Option<String>> {
+async fn read_hello(fd: &AsyncFd<OwnedFd>) -> io::Result<Option<Hello>> {
     let mut scanner = HelloScanner::default();
     let mut buf = [0u8; 4096];
+    let mut first = Vec::new();
+    let mut maybe_legacy = true;
     loop {
         let n = read(fd, &mut buf).await?;
         if n == 0 {
             return Ok(None);
+        }
+        if maybe_legacy {
+            first.extend_from_slice(&buf[..n]);
+            if first.starts_with(HTTP2_PREFACE) {
+                return Ok(Some(Hello::Legacy(first)));
+            }
+            maybe_legacy = HTTP2_PREFACE.starts_with(&first);
         }
         scanner.feed(&buf[..n]);
         if scanner.latest.is_some() {
@@ -149,13 +181,16 @@ async fn read_hello(fd: &AsyncFd<OwnedFd>) -> io::Result<Option<String>> {
                 }
                 scanner.feed(&buf[..n]);
             }
-            return Ok(scanner.latest.take());
+            return Ok(scanner.latest.take().map(Hello::Nonce));
         }
     }
 }
 
 fn host_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the runtime closed the serial port")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the runtime closed the serial port",
+    )
 }
 
 /// Finds hello lines in a byte stream that may hold anything else.
@@ -191,13 +226,17 @@ impl HelloScanner {
 fn parse_line(line: &[u8], keyword: &str) -> Option<String> {
     let rest = line.strip_prefix(keyword.as_bytes())?.strip_prefix(b" ")?;
     let valid = (1..=32).contains(&rest.len())
-        && rest.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
     valid.then(|| String::from_utf8_lossy(rest).into_owned())
 }
 
 /// One runtime connection over the port.
 pub struct Session {
     fd: AsyncFd<OwnedFd>,
+    /// Read before the session began, served first (a legacy preface).
+    replay: Vec<u8>,
     /// The host side closed: reads see end-of-file, writes fail.
     ended: bool,
     _ended: tokio::sync::oneshot::Sender<()>,
@@ -216,6 +255,12 @@ impl AsyncRead for Session {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         if this.ended {
             return Poll::Ready(Ok(()));
         }
@@ -270,7 +315,9 @@ impl AsyncWrite for Session {
                 Err(_would_block) => match host_connected(this.fd.get_ref().as_fd()) {
                     Ok(true) => continue,
                     Ok(false) => {
-                        tracing::info!("the runtime closed the serial port while output was pending");
+                        tracing::info!(
+                            "the runtime closed the serial port while output was pending"
+                        );
                         this.ended = true;
                         return Poll::Ready(Err(host_gone()));
                     }
@@ -347,8 +394,16 @@ mod tests {
         assert_eq!(scan(&[b"\nPODVISOR-HELLO aa"]), None, "no newline yet");
         assert_eq!(scan(&[b"\nPODVISOR-HELLO XYZ\n"]), None, "not hex");
         assert_eq!(scan(&[b"\nPODVISOR-HELLO \n"]), None, "empty nonce");
-        assert_eq!(scan(&[b"\nPODVISOR-READY aa\n"]), None, "the agent's own line");
-        assert_eq!(scan(&[b"garbagePODVISOR-HELLO aa\n"]), None, "not at a line start");
+        assert_eq!(
+            scan(&[b"\nPODVISOR-READY aa\n"]),
+            None,
+            "the agent's own line"
+        );
+        assert_eq!(
+            scan(&[b"garbagePODVISOR-HELLO aa\n"]),
+            None,
+            "not at a line start"
+        );
         let long = [b'a'; 100];
         assert_eq!(
             scan(&[b"\nPODVISOR-HELLO ", &long, b"\n"]),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent_client::AgentTimeouts;
 use crate::hypervisor::kvm::{self, Kvm, KvmConfig};
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::{GuestImage, Hypervisor, VmError};
@@ -41,6 +42,8 @@ pub struct Config {
     pub volumes: VolumesConfig,
     /// The Exec/Attach/PortForward streaming server.
     pub streaming: StreamingConfig,
+    /// Connect, call and stats deadlines on each pod's agent.
+    pub agent: AgentTimeouts,
 }
 
 /// `[volumes]`.
@@ -66,6 +69,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             volumes: VolumesConfig::default(),
             streaming: StreamingConfig::default(),
+            agent: AgentTimeouts::default(),
         }
     }
 }
@@ -185,7 +189,9 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.agent.validate()?;
+        Ok(config)
     }
 
     pub fn to_toml(&self) -> String {

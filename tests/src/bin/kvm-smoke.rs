@@ -496,12 +496,13 @@ async fn checks(
         share: Some(share),
         dir: dir.join("vm"),
         boot_timeout: args.timeout,
+        agent_timeouts: podvisor::agent_client::AgentTimeouts::default(),
     };
     let vm = kvm
         .start(&config)
         .await
         .map_err(|e| format!("starting podvisor-vmm: {e}"))?;
-    let (agent, info) = match podvisor::agent_client::wait_ready(&vm, config.boot_timeout).await {
+    let (agent, info) = match podvisor::hypervisor::wait_ready(&vm, &config).await {
         Ok(ready) => ready,
         Err(e) => {
             let diagnosis = diagnose(&vm).await;

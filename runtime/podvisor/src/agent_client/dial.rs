@@ -1,21 +1,27 @@
-//! The runtime's side of the agent API: a gRPC channel over the byte stream
-//! a VM offers (a unix socket, or hybrid vsock), and the wait for the agent
-//! of a booting VM to answer.
+//! Opening one byte stream to an agent: a unix socket, a virtio-serial
+//! chardev with the hello handshake, or Firecracker-style hybrid vsock.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use podvisor_proto::agent_client::AgentClient;
-use podvisor_proto::{
-    GetGuestInfoRequest, GuestInfo, SERIAL_HELLO, SERIAL_LINE_MAX, SERIAL_READY,
-};
+use podvisor_proto::{SERIAL_HELLO, SERIAL_LINE_MAX, SERIAL_READY};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::hypervisor::{AgentDialer, Vm, VmError};
-
-pub type Agent = AgentClient<Channel>;
+/// How the runtime reaches the agent of a running VM.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AgentDialer {
+    /// A unix socket whose stream is the agent's, as it is.
+    Unix(PathBuf),
+    /// qemu's virtio-serial chardev socket: one byte stream for the VM's
+    /// life, each connection opened by the hello handshake of
+    /// `podvisor_proto::SERIAL_HELLO`.
+    Serial(PathBuf),
+    /// Firecracker-style hybrid vsock: connect, send `CONNECT <port>\n`,
+    /// read `OK <n>\n`, then the stream is the agent's.
+    HybridVsock { socket: PathBuf, port: u32 },
+}
 
 /// How long one serial handshake may wait for the agent's answer before
 /// the connection is dropped and dialled again. An agent answers at once;
@@ -26,9 +32,6 @@ const SERIAL_ATTEMPT: Duration = Duration::from_secs(5);
 /// How many bytes of what earlier connections left in the port a handshake
 /// reads past before it gives up.
 const SERIAL_STALE_MAX: usize = 4 << 20;
-
-/// How long a reconnect may take before calls fail.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Opens one byte stream to the agent, trying for at most `patience`.
 pub async fn dial(dialer: &AgentDialer, patience: Duration) -> std::io::Result<UnixStream> {
@@ -129,75 +132,4 @@ fn serial_nonce() -> std::io::Result<String> {
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A client whose channel redials through `dialer` whenever it reconnects.
-pub async fn connect(dialer: &AgentDialer) -> Result<Agent, tonic::transport::Error> {
-    connect_within(dialer, CONNECT_PATIENCE).await
-}
-
-/// As [`connect`], the first dial waiting at most `patience`.
-async fn connect_within(
-    dialer: &AgentDialer,
-    patience: Duration,
-) -> Result<Agent, tonic::transport::Error> {
-    let first = std::sync::atomic::AtomicBool::new(true);
-    let dialer = dialer.clone();
-    let first = std::sync::Arc::new(first);
-    let channel = Endpoint::from_static("http://podvisor-agent")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let dialer = dialer.clone();
-            let patience = if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                patience
-            } else {
-                CONNECT_PATIENCE
-            };
-            async move {
-                dial(&dialer, patience)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
-}
-
-/// Waits until the agent of a booting VM answers, the VM dies, or the
-/// timeout passes; the errors carry the tail of the guest console.
-pub async fn wait_ready(vm: &Vm, timeout: Duration) -> Result<(Agent, GuestInfo), VmError> {
-    let deadline = Instant::now() + timeout;
-    let died = |exit: crate::hypervisor::Exit| VmError::DiedDuringBoot {
-        id: vm.id.clone(),
-        exit: exit.to_string(),
-        console: vm.console_tail(2048),
-    };
-    loop {
-        if let Some(exit) = vm.process.exited() {
-            return Err(died(exit));
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(VmError::AgentTimeout {
-                id: vm.id.clone(),
-                timeout,
-                console: vm.console_tail(2048),
-            });
-        }
-        // The first dial may take the whole boot: what the runtime sends
-        // stays buffered until the guest opens its end.
-        let attempt = async {
-            let mut agent = connect_within(&vm.dialer, remaining).await.ok()?;
-            let info = agent.get_guest_info(GetGuestInfoRequest {}).await.ok()?;
-            Some((agent, info.into_inner()))
-        };
-        tokio::select! {
-            ready = tokio::time::timeout(remaining, attempt) => {
-                if let Ok(Some(ready)) = ready {
-                    return Ok(ready);
-                }
-            }
-            exit = vm.process.wait() => return Err(died(exit)),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -860,11 +860,17 @@ impl ContainerManager {
         }
         let pod = self.ready_pod(&record.sandbox_id)?;
         let mut agent = pod.agent().await?;
-        let stats = agent
-            .container_stats(ContainerStatsRequest {
-                container_id: record.id.clone(),
-            })
-            .await
+        let after = pod.agent_timeouts().stats();
+        let asked = agent.container_stats(ContainerStatsRequest {
+            container_id: record.id.clone(),
+        });
+        // A pod whose agent is slow is listed without usage rather than
+        // holding up the node's other pods.
+        let Ok(answer) = tokio::time::timeout(after, asked).await else {
+            tracing::warn!(id = %record.id, ?after, "the pod's agent did not answer a stats call in time");
+            return Ok((record, None));
+        };
+        let stats = answer
             .map_err(agent_err("reading the container's stats"))?
             .into_inner();
         Ok((record, Some(stats)))

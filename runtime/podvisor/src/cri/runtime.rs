@@ -307,12 +307,13 @@ impl Runtime {
 
     /// A pod's usage is its containers' usage added up.
     async fn pod_stats_of(&self, r: &SandboxRecord) -> cri::PodSandboxStats {
-        let mut containers = Vec::new();
-        for c in self.containers.of_sandbox(&r.id) {
-            if let Ok(s) = self.container_stats_of(&c.id).await {
-                containers.push(s);
-            }
-        }
+        let records = self.containers.of_sandbox(&r.id);
+        let asked = records.iter().map(|c| self.container_stats_of(&c.id));
+        let containers: Vec<cri::ContainerStats> = futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| {
             containers.iter().filter_map(f).sum::<u64>()
         };
@@ -908,22 +909,25 @@ impl RuntimeService for Runtime {
         req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         let filter = req.into_inner().filter.unwrap_or_default();
-        let mut stats = Vec::new();
-        for r in self.containers.list() {
-            let wanted = (filter.id.is_empty() || r.id.starts_with(&filter.id))
+        let wanted = self.containers.list().into_iter().filter(|r| {
+            (filter.id.is_empty() || r.id.starts_with(&filter.id))
                 && (filter.pod_sandbox_id.is_empty()
                     || r.sandbox_id.starts_with(&filter.pod_sandbox_id))
                 && filter
                     .label_selector
                     .iter()
-                    .all(|(k, v)| r.labels.get(k) == Some(v));
-            if wanted {
-                // A container that ended meanwhile is simply left out.
-                if let Ok(s) = self.container_stats_of(&r.id).await {
-                    stats.push(s);
-                }
-            }
-        }
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+        });
+        // Every pod is asked at once, each within its stats deadline; a
+        // container that ended meanwhile is simply left out.
+        let asked: Vec<_> = wanted
+            .map(|r| async move { self.container_stats_of(&r.id).await })
+            .collect();
+        let stats = futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
@@ -932,18 +936,21 @@ impl RuntimeService for Runtime {
         req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let filter = req.into_inner().filter.unwrap_or_default();
-        let mut stats = Vec::new();
-        for pod in self.sandboxes.list() {
-            let r = pod.record();
-            let wanted = (filter.id.is_empty() || r.id.starts_with(&filter.id))
-                && filter
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| r.labels.get(k) == Some(v));
-            if wanted {
-                stats.push(self.pod_stats_of(&r).await);
-            }
-        }
+        let records: Vec<SandboxRecord> = self
+            .sandboxes
+            .list()
+            .iter()
+            .map(|pod| pod.record())
+            .filter(|r| {
+                (filter.id.is_empty() || r.id.starts_with(&filter.id))
+                    && filter
+                        .label_selector
+                        .iter()
+                        .all(|(k, v)| r.labels.get(k) == Some(v))
+            })
+            .collect();
+        let stats =
+            futures_util::future::join_all(records.iter().map(|r| self.pod_stats_of(r))).await;
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 

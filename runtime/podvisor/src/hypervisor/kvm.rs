@@ -8,7 +8,8 @@ use podvisor_proto::AGENT_VSOCK_PORT;
 use serde::{Deserialize, Serialize};
 
 use super::accel::{self, KvmSupport};
-use super::{validate, AgentDialer, Hypervisor, Result, Supervised, Vm, VmConfig, VmError};
+use super::{validate, Hypervisor, Result, Supervised, Vm, VmConfig, VmError};
+use crate::agent_client::AgentDialer;
 
 /// The guest's vsock context id; any value above 2 works, one VM per VMM.
 const GUEST_CID: u32 = 3;

@@ -9,9 +9,12 @@ pub mod process;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use podvisor_proto::{GetGuestInfoRequest, GuestInfo};
 use serde::{Deserialize, Serialize};
+
+use crate::agent_client::{self, Agent, AgentDialer, AgentTimeouts};
 
 pub use process::{Exit, Supervised};
 
@@ -68,20 +71,8 @@ pub struct VmConfig {
     pub dir: PathBuf,
     /// How long the guest may take from process start to agent ready.
     pub boot_timeout: Duration,
-}
-
-/// How the runtime reaches the agent of a running VM.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub enum AgentDialer {
-    /// A unix socket whose stream is the agent's, as it is.
-    Unix(PathBuf),
-    /// qemu's virtio-serial chardev socket: one byte stream for the VM's
-    /// life, each connection opened by the hello handshake of
-    /// `podvisor_proto::SERIAL_HELLO`.
-    Serial(PathBuf),
-    /// Firecracker-style hybrid vsock: connect, send `CONNECT <port>\n`,
-    /// read `OK <n>\n`, then the stream is the agent's.
-    HybridVsock { socket: PathBuf, port: u32 },
+    /// How long the runtime waits on the agent once it runs.
+    pub agent_timeouts: AgentTimeouts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +118,49 @@ pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Starts the VM process. The guest is booting when this returns; see
-    /// [`crate::agent_client::wait_ready`] for when it can be used.
+    /// [`boot`] for the wait until it can be used.
     async fn start(&self, config: &VmConfig) -> Result<Vm>;
+}
+
+/// Waits until the agent of a booting VM answers, the VM dies, or the
+/// timeout passes; the errors carry the tail of the guest console.
+pub async fn wait_ready(vm: &Vm, config: &VmConfig) -> Result<(Agent, GuestInfo), VmError> {
+    let (timeout, timeouts) = (config.boot_timeout, config.agent_timeouts);
+    let deadline = Instant::now() + timeout;
+    let died = |exit: Exit| VmError::DiedDuringBoot {
+        id: vm.id.clone(),
+        exit: exit.to_string(),
+        console: vm.console_tail(2048),
+    };
+    loop {
+        if let Some(exit) = vm.process.exited() {
+            return Err(died(exit));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(VmError::AgentTimeout {
+                id: vm.id.clone(),
+                timeout,
+                console: vm.console_tail(2048),
+            });
+        }
+        // The first dial may take the whole boot: what the runtime sends
+        // stays buffered until the guest opens its end.
+        let attempt = async {
+            let mut agent = agent_client::connect_within(&vm.dialer, timeouts, remaining);
+            let info = agent.get_guest_info(GetGuestInfoRequest {}).await.ok()?;
+            Some((agent, info.into_inner()))
+        };
+        tokio::select! {
+            ready = tokio::time::timeout(remaining, attempt) => {
+                if let Ok(Some(ready)) = ready {
+                    return Ok(ready);
+                }
+            }
+            exit = vm.process.wait() => return Err(died(exit)),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Boots a VM and waits for its agent. On any failure the VM process is
@@ -136,9 +168,9 @@ pub trait Hypervisor: Send + Sync {
 pub async fn boot(
     hypervisor: &dyn Hypervisor,
     config: &VmConfig,
-) -> Result<(Vm, crate::agent_client::Agent, podvisor_proto::GuestInfo)> {
+) -> Result<(Vm, Agent, GuestInfo)> {
     let vm = hypervisor.start(config).await?;
-    match crate::agent_client::wait_ready(&vm, config.boot_timeout).await {
+    match wait_ready(&vm, config).await {
         Ok((agent, info)) => {
             tracing::info!(id = %vm.id, kernel = %info.kernel_release, "VM ready");
             Ok((vm, agent, info))
@@ -153,7 +185,7 @@ pub async fn boot(
 /// Stops a VM the orderly way: the agent stops the containers (SIGTERM,
 /// then SIGKILL after `grace`) and ends the guest; a VM still running
 /// `grace` + 10 s later, or whose agent does not answer, is killed.
-pub async fn stop(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Duration) -> Exit {
+pub async fn stop(vm: &Vm, agent: &mut Agent, grace: Duration) -> Exit {
     if vm.process.exited().is_none() {
         let request = podvisor_proto::ShutdownRequest {
             grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
@@ -179,7 +211,7 @@ pub async fn stop(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Durati
 /// keeps nothing worth a clean shutdown after that, so the VM process is
 /// ended from the host rather than waiting for the guest kernel's reboot
 /// (seconds under emulation, all of it inside StopPodSandbox).
-pub async fn stop_pod(vm: &Vm, agent: &mut crate::agent_client::Agent, grace: Duration) -> Exit {
+pub async fn stop_pod(vm: &Vm, agent: &mut Agent, grace: Duration) -> Exit {
     if vm.process.exited().is_none() {
         let request = podvisor_proto::ShutdownRequest {
             grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,

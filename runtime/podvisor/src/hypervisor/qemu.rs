@@ -8,7 +8,8 @@ use podvisor_proto::AGENT_SERIAL_PORT_NAME;
 use serde::{Deserialize, Serialize};
 
 use super::accel::{self, KvmSupport};
-use super::{validate, AgentDialer, Hypervisor, Result, Supervised, Vm, VmConfig, VmError};
+use super::{validate, Hypervisor, Result, Supervised, Vm, VmConfig, VmError};
+use crate::agent_client::AgentDialer;
 
 /// Which accelerator QEMU should use.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

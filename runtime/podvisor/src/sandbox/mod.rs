@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use podvisor_proto::{DnsConfig, SetupSandboxRequest, SharedMount};
 
-use crate::agent_client::{self, Agent};
+use crate::agent_client::{self, Agent, AgentTimeouts};
 use crate::config::Config;
 use crate::events::{Event, EventBus, EventKind};
 use crate::hypervisor::cgroup::{CgroupError, VmCgroup};
@@ -106,6 +106,7 @@ pub struct Pod {
     live: tokio::sync::Mutex<Live>,
     /// Set while a stop is under way, so the VM's exit is not a failure.
     stopping: AtomicBool,
+    agent_timeouts: AgentTimeouts,
 }
 
 impl Pod {
@@ -144,8 +145,9 @@ impl Pod {
         self.live.lock().await.agent = None;
     }
 
-    /// A client for the pod's agent, connecting on first use (after a
-    /// daemon restart the old connection is gone).
+    /// A client for the pod's agent. The connection is made by the first
+    /// call (after a daemon restart the old one is gone), not here: nothing
+    /// waits on the guest under the pod's lock.
     pub async fn agent(&self) -> Result<Agent> {
         let mut live = self.live.lock().await;
         if let Some(agent) = &live.agent {
@@ -154,11 +156,14 @@ impl Pod {
         let dialer = self.lock_record().dialer.clone();
         let dialer =
             dialer.ok_or_else(|| SandboxError::Agent("the pod VM is not running".into()))?;
-        let agent = agent_client::connect(&dialer)
-            .await
-            .map_err(|e| SandboxError::Agent(format!("connecting to the agent: {e}")))?;
+        let agent = agent_client::connect(&dialer, self.agent_timeouts);
         live.agent = Some(agent.clone());
         Ok(agent)
+    }
+
+    /// How long the runtime waits on this pod's agent.
+    pub fn agent_timeouts(&self) -> AgentTimeouts {
+        self.agent_timeouts
     }
 }
 
@@ -260,6 +265,7 @@ impl SandboxManager {
             record: Mutex::new(record.clone()),
             live: tokio::sync::Mutex::new(Live::default()),
             stopping: AtomicBool::new(false),
+            agent_timeouts: self.config.agent,
         });
         {
             // Checked and claimed under one lock: two concurrent requests
@@ -341,6 +347,7 @@ impl SandboxManager {
             share: live.fs.as_ref().map(|f| f.share.clone()),
             dir: record.run_dir.join("vm"),
             boot_timeout: self.config.hypervisor.boot_timeout(),
+            agent_timeouts: self.config.agent,
         };
         let (vm, mut agent, _info) = hypervisor::boot(self.hypervisor.as_ref(), &vm_config).await?;
         let (interfaces, routes) = net.agent_setup();
@@ -529,6 +536,7 @@ impl SandboxManager {
                 record: Mutex::new(record.clone()),
                 live: tokio::sync::Mutex::new(Live::default()),
                 stopping: AtomicBool::new(false),
+                agent_timeouts: self.config.agent,
             });
             let vm = record
                 .vm_pid

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hypervisor::AgentDialer;
+use crate::agent_client::AgentDialer;
 use crate::network::HostPort;
 use crate::persist::write_atomic;
 
