@@ -11,6 +11,7 @@ mod container;
 mod error;
 mod info;
 mod init;
+mod log;
 mod network;
 mod output;
 mod portforward;
@@ -84,7 +85,7 @@ fn main() {
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(log_filter))
-        .with_writer(std::io::stderr)
+        .with_writer(|| log::RawStderr)
         .with_ansi(false)
         .init();
     if let Err(e) = prepared {
