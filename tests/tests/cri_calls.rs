@@ -542,6 +542,35 @@ async fn calls_and_rules(test: &str) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    // ExecSync keeps at most EXEC_SYNC_STREAM_LIMIT bytes of a stream and
+    // says what it dropped; the command still runs to its end.
+    let limit = podvisor::container::EXEC_SYNC_STREAM_LIMIT;
+    let flood = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: calm.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "head -c {} /dev/zero; echo done >&2; exit 4",
+                    limit + 100_000
+                ),
+            ],
+            timeout: 120,
+        })
+        .await
+        .expect("ExecSync of a flood")
+        .into_inner();
+    assert_eq!(flood.stdout.len(), limit);
+    assert_eq!(flood.exit_code, 4);
+    let stderr = String::from_utf8_lossy(&flood.stderr);
+    assert!(stderr.starts_with("done\n"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "stdout truncated after {limit} bytes; 100000 bytes dropped"
+        )),
+        "{stderr}"
+    );
     exec(&mut cri, &calm, "echo before > /tmp/say").await;
     wait_for_line(log.clone(), " before").await;
     let rotated = log.with_extension("log.1");

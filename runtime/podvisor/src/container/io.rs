@@ -109,6 +109,12 @@ fn save_offset(container: &Container, offset: u64) {
     }
 }
 
+/// How much of each stream ExecSync keeps: both together stay under the
+/// 4 MiB a gRPC client takes by default (kubelet takes 16 MiB), and the
+/// daemon must not hold whatever a guest prints. The rest is read and
+/// dropped, so the command is never blocked on its output.
+pub const EXEC_SYNC_STREAM_LIMIT: usize = 1536 << 10;
+
 /// What ExecSync answers.
 #[derive(Debug, Default)]
 pub struct ExecOutput {
@@ -187,6 +193,7 @@ async fn collect(agent: &mut Agent, container_id: &str, exec_id: &str) -> Result
         .map_err(agent_err("reading the command's output"))?
         .into_inner();
     let mut out = ExecOutput::default();
+    let mut dropped = [0usize; 2];
     while let Some(chunk) = stream
         .message()
         .await
@@ -195,9 +202,27 @@ async fn collect(agent: &mut Agent, container_id: &str, exec_id: &str) -> Result
         if chunk.eof {
             break;
         }
-        match stream_of(&chunk) {
-            Stream::Stdout => out.stdout.extend_from_slice(&chunk.data),
-            Stream::Stderr => out.stderr.extend_from_slice(&chunk.data),
+        let (kept, dropped) = match stream_of(&chunk) {
+            Stream::Stdout => (&mut out.stdout, &mut dropped[0]),
+            Stream::Stderr => (&mut out.stderr, &mut dropped[1]),
+        };
+        let room = EXEC_SYNC_STREAM_LIMIT.saturating_sub(kept.len());
+        let take = room.min(chunk.data.len());
+        kept.extend_from_slice(&chunk.data[..take]);
+        *dropped += chunk.data.len() - take;
+    }
+    for (name, n) in [("stdout", dropped[0]), ("stderr", dropped[1])] {
+        if n > 0 {
+            tracing::warn!(
+                container = container_id,
+                name,
+                dropped = n,
+                "ExecSync output truncated"
+            );
+            out.stderr.extend_from_slice(
+                format!("\n[podvisor: {name} truncated after {EXEC_SYNC_STREAM_LIMIT} bytes; {n} bytes dropped]\n")
+                    .as_bytes(),
+            );
         }
     }
     let exit = agent

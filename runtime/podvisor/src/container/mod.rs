@@ -33,7 +33,7 @@ use crate::sandbox::{Pod, SandboxError, SandboxManager, SandboxState};
 use crate::volume::efs::{self, EfsError};
 use crate::volume::mode::{MountModeError, ReadOnly, VolumeMode};
 use crate::volume::share::ShareError;
-pub use io::ExecOutput;
+pub use io::{ExecOutput, EXEC_SYNC_STREAM_LIMIT};
 pub use record::{ContainerRecord, ContainerState, ExitRecord, MountRecord};
 use spec::{GuestMount, PidMode, SpecError, SpecInput};
 
