@@ -2,6 +2,7 @@
 //! validation, and the mapping of module errors onto gRPC codes.
 
 pub mod authority;
+pub mod bounds;
 pub mod events;
 pub mod handler;
 pub mod image;
