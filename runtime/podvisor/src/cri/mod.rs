@@ -74,6 +74,7 @@ impl From<ContainerError> for Status {
         let message = err.to_string();
         match err {
             ContainerError::Sandbox(e) => e.into(),
+            ContainerError::Policy(e) => e.into(),
             ContainerError::Image(e) => e.into(),
             ContainerError::InvalidArgument(_)
             | ContainerError::Ambiguous(_)
@@ -98,6 +99,8 @@ impl From<ContainerError> for Status {
                 Status::failed_precondition(message)
             }
             ContainerError::MountMode(_) => Status::invalid_argument(message),
+            ContainerError::LogPath(e) if e.is_invalid_input() => Status::invalid_argument(message),
+            ContainerError::LogPath(_) => Status::internal(message),
             ContainerError::Share(_) | ContainerError::Io(_) => Status::internal(message),
         }
     }
