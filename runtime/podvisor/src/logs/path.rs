@@ -26,6 +26,10 @@ pub enum LogPathError {
     ParentDir { path: String },
     #[error("log_path {path:?} names no file in the pod's log_directory")]
     NoFile { path: String },
+    #[error("log_path {path:?} contains a NUL byte")]
+    Nul { path: String },
+    #[error("recorded log file {path:?} is not below the pod's log_directory {dir:?}")]
+    NotBelow { path: String, dir: String },
     #[error(
         "log_path {path:?} needs the pod's log_directory to be an absolute path, and it is {dir:?} \
          (kubelet sets it in RunPodSandbox)"
@@ -81,6 +85,9 @@ impl LogPath {
     pub fn new(log_directory: &str, log_path: &str) -> Result<LogPath> {
         let path = || log_path.to_string();
         let rel = Path::new(log_path);
+        if log_path.contains('\0') {
+            return Err(LogPathError::Nul { path: path() });
+        }
         if rel.is_absolute() {
             return Err(LogPathError::Absolute { path: path() });
         }
@@ -115,7 +122,7 @@ impl LogPath {
     pub fn from_full(log_directory: &str, full: &Path) -> Result<LogPath> {
         let rel = full
             .strip_prefix(log_directory)
-            .map_err(|_| LogPathError::NoDirectory {
+            .map_err(|_| LogPathError::NotBelow {
                 path: full.to_string_lossy().into_owned(),
                 dir: log_directory.to_string(),
             })?;
@@ -303,6 +310,7 @@ mod tests {
         assert!(err("/logs", "c/").contains("names no file"));
         assert!(err("", "x.log").contains("absolute path"));
         assert!(err("logs", "x.log").contains("absolute path"));
+        assert!(err("/logs", "a\0b").contains("NUL"));
     }
 
     #[test]

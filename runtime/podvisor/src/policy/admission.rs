@@ -96,7 +96,7 @@ impl Rule {
                 "adding any capability but SYS_PTRACE is refused, as on Fargate (in mode vm any capability holds inside the VM)"
             }
             Rule::HostPath => {
-                "host paths only below policy.host_path_roots, judged with symlinks resolved (default: mode fargate kubelet's directory of the pod, /var/lib/kubelet/pods/{pod_uid}, since Fargate has no hostPath volumes; mode vm any path); never /dev, /proc, /sys or podvisor's state_dir and run_dir"
+                "host paths only below policy.host_path_roots, judged with symlinks resolved (default roots: in mode fargate kubelet's directory of the pod alone, as Fargate has no hostPath volumes; in mode vm /); never /dev, /proc, /sys or podvisor's state_dir and run_dir"
             }
         }
     }

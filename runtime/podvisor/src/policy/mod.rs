@@ -165,6 +165,29 @@ mod tests {
     }
 
     #[test]
+    fn explain_ends_with_the_host_path_roots_in_effect() {
+        let fargate = PolicyConfig::default().explain();
+        assert!(fargate.ends_with(
+            "host_path_roots = [\"/var/lib/kubelet/pods/{pod_uid}\"] (the mode's default; {pod_uid} is the pod's uid)\n"
+        ), "{fargate}");
+        let vm = PolicyConfig {
+            mode: PolicyMode::Vm,
+            ..PolicyConfig::default()
+        };
+        assert!(vm
+            .explain()
+            .contains("host_path_roots = [\"/\"] (the mode's default"));
+        let configured = PolicyConfig {
+            host_path_roots: Some(vec!["/srv/volumes".into()]),
+            ..vm
+        };
+        assert!(configured
+            .explain()
+            .contains("host_path_roots = [\"/srv/volumes\"] (configured"));
+        assert!(configured.explain().contains("host-path "));
+    }
+
+    #[test]
     fn admit_pod_checks_profile_then_rules_then_size() {
         let p = policy();
         let unselected = testutil::pod("web", "dev", &[("pod-template-generation", "1")]);
