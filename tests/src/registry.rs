@@ -488,6 +488,13 @@ impl LayerBuilder {
         self.append(h, path, &[])
     }
 
+    pub fn block_device(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = self.header(tar::EntryType::Block, 0o660, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.append(h, path, &[])
+    }
+
     /// `.wh.NAME` next to `path`'s NAME: hides `path` of lower layers.
     pub fn whiteout(&mut self, path: &str) -> &mut Self {
         let (dir, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));

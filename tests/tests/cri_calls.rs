@@ -794,6 +794,17 @@ async fn admission_table(
             }),
         ),
         (
+            "host path outside kubelet's directory of the pod",
+            "host-path",
+            Ask::Container(|c| {
+                c.mounts = vec![cri::Mount {
+                    container_path: "/host-etc".into(),
+                    host_path: "/etc".into(),
+                    ..Default::default()
+                }]
+            }),
+        ),
+        (
             "added capability",
             "capability",
             Ask::Container(|c| {

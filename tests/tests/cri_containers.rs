@@ -179,12 +179,18 @@ async fn pods_run_containers_from_a_registry_image_end_to_end_in_netns() {
         .await;
     let image = format!("{}/e2e/busybox:1.0", registry.addr());
 
-    let (mut daemon, mut cri) = Daemon::start().await;
+    let volume = tempfile::tempdir().unwrap();
+    // Mode fargate allows host paths only in the allowed roots: this one.
+    let (mut daemon, mut cri) = Daemon::start_with(&format!(
+        "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n\
+         [policy]\nhost_path_roots = [\"{}\"]\n",
+        volume.path().display()
+    ))
+    .await;
     let mut images: Images = podvisor_tests::daemon::connect_images(&daemon.socket)
         .await
         .unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let volume = tempfile::tempdir().unwrap();
     std::fs::write(volume.path().join("greeting"), "hello from the host\n").unwrap();
     let config_file = volume.path().join("settings.conf");
     std::fs::write(&config_file, "mode=one\n").unwrap();

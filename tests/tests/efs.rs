@@ -351,9 +351,12 @@ fn efs_volumes_through_the_cri_daemon() {
         let (daemon, mut cri) = Daemon::start_with(&format!(
             "[sandbox]\nstop_grace_secs = 2\ncpu_quota = false\n\n\
              [volumes.efs]\nfile_systems = {{ \"{FS}\" = \"{SERVER}\" }}\nmount_timeout_secs = {TIMEOUT_SECS}\n\n\
-             [hypervisor.guest]\nkernel = \"{}\"\ninitramfs = \"{}\"\n",
+             [hypervisor.guest]\nkernel = \"{}\"\ninitramfs = \"{}\"\n\n\
+             [policy]\nhost_path_roots = [\"{}\", \"{}\"]\n",
             guest.kernel.display(),
-            guest.initramfs.display()
+            guest.initramfs.display(),
+            kubelet.join("pods/{pod_uid}").display(),
+            host_dir.display()
         ))
         .await;
         let mut images = podvisor_tests::daemon::connect_images(&daemon.socket)

@@ -62,7 +62,7 @@ async fn main() {
     }) = cli.command
     {
         match Config::load(&cli.config) {
-            Ok(config) => print!("{}", podvisor::policy::explain(config.policy.mode)),
+            Ok(config) => print!("{}", config.policy.explain()),
             Err(e) => {
                 eprintln!("podvisor: {e}");
                 std::process::exit(1);

@@ -1,7 +1,8 @@
 //! Layers pulled from a real registry and unpacked as overlay lower
 //! directories: whiteouts, opaque directories, hard links, symlinks, modes,
-//! owners, mtimes, xattrs, device nodes, FIFOs; and an actual overlay mount
-//! of them on the host. Needs root and docker-registry.
+//! owners, mtimes, xattrs, FIFOs; device nodes and security.* xattrs
+//! dropped, setuid bits kept, the store private to root; and an actual
+//! overlay mount of them on the host. Needs root and docker-registry.
 
 use std::ffi::CString;
 use std::fs;
@@ -66,11 +67,21 @@ fn two_layer_image() -> TestImage {
         .hardlink("data/link", "data/orig")
         .symlink("data/rel", "orig")
         .symlink("data/abs", "/etc/passwd")
+        .pax_xattr(
+            "data/suid",
+            "security.capability",
+            &[
+                1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        )
         .file("data/suid", b"#!/bin/sh\n", 0o4755, 0, 0)
         .file("data/sgid", b"#!/bin/sh\n", 0o2755, 0, 50)
         .dir("data/sticky", 0o1777, 0, 0)
         .fifo("data/fifo", 0o620)
-        .char_device("data/null", 1, 3);
+        .char_device("data/null", 1, 3)
+        .block_device("data/sda", 8, 0)
+        // A whiteout written in overlay's own form, not as .wh.
+        .char_device("etc/also-removed", 0, 0);
     TestImage::new(
         vec![bottom.uncompressed(), top.gzip()],
         "amd64",
@@ -138,7 +149,7 @@ async fn layers_unpack_as_overlay_lower_directories() {
     let wh = fs::symlink_metadata(top.join("etc/removed")).unwrap();
     assert!(wh.file_type().is_char_device());
     assert_eq!(wh.rdev(), 0);
-    assert_eq!(names(&top.join("etc")), ["removed"]);
+    assert_eq!(names(&top.join("etc")), ["also-removed", "removed"]);
     // Opaque directory: the xattr, no marker file, the layer's own entry.
     assert_eq!(
         xattr(&top.join("opq"), "trusted.overlay.opaque").as_deref(),
@@ -185,9 +196,22 @@ async fn layers_unpack_as_overlay_lower_directories() {
     let fifo = fs::symlink_metadata(data.join("fifo")).unwrap();
     assert!(fifo.file_type().is_fifo());
     assert_eq!(fifo.mode() & 0o7777, 0o620);
-    let null = fs::symlink_metadata(data.join("null")).unwrap();
-    assert!(null.file_type().is_char_device());
-    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    // Device nodes are dropped; an overlay-form whiteout is no device.
+    for device in ["null", "sda"] {
+        assert!(
+            fs::symlink_metadata(data.join(device)).is_err(),
+            "device node {device} was unpacked into the store"
+        );
+    }
+    let wh = fs::symlink_metadata(top.join("etc/also-removed")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    // File capabilities are not set on the host's copy.
+    assert_eq!(xattr(&data.join("suid"), "security.capability"), None);
+    // The store, setuid files and all, is root's alone.
+    let store = top.ancestors().nth(3).unwrap();
+    assert_eq!(store.file_name().unwrap(), "images", "{}", store.display());
+    assert_eq!(fs::metadata(store).unwrap().mode() & 0o7777, 0o700);
     // Directory owner, mode and mtime (set after its children were made).
     let d = fs::symlink_metadata(&data).unwrap();
     assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (1000, 1000, 0o750));

@@ -28,9 +28,11 @@ use crate::events::{Event, EventBus, EventKind};
 pub use crate::ids::now_ns;
 use crate::ids::random_id;
 use crate::image::{ImageError, ImageService};
-use crate::logs::CriLog;
+use crate::logs::{CriLog, LogPath, LogPathError};
+use crate::policy::{admit_host_path, PolicyError};
 use crate::sandbox::{Pod, SandboxError, SandboxManager, SandboxState};
 use crate::volume::efs::{self, EfsError};
+use crate::volume::host_path::HostPath;
 use crate::volume::mode::{MountModeError, ReadOnly, VolumeMode};
 use crate::volume::share::ShareError;
 pub use io::{ExecOutput, EXEC_SYNC_STREAM_LIMIT};
@@ -75,6 +77,10 @@ pub enum ContainerError {
     MountMode(#[from] MountModeError),
     #[error("NFS volume: {0}")]
     Volume(#[from] EfsError),
+    #[error(transparent)]
+    LogPath(#[from] LogPathError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("{what}: {}", status.message())]
     Agent {
         what: &'static str,
@@ -331,6 +337,15 @@ impl ContainerManager {
         }
         let pod = self.ready_pod(sandbox_id)?;
         let sandbox = pod.record();
+        // Judged before anything is made: the daemon writes it as root.
+        let log_path = match config.log_path.as_str() {
+            "" => None,
+            path => {
+                let path = LogPath::new(&sandbox.log_directory, path)?;
+                path.check_existing()?;
+                Some(path)
+            }
+        };
         let _claim = self.claim_name(&sandbox.id, &meta.name, meta.attempt)?;
         let image = self.images.get(&image_name).map_err(|e| match e {
             ImageError::NotFound(_) => ContainerError::ImageNotPulled(image_name.clone()),
@@ -357,10 +372,9 @@ impl ContainerManager {
                 return Err(e);
             }
         };
-        let log_path = match (sandbox.log_directory.as_str(), config.log_path.as_str()) {
-            (_, "") => String::new(),
-            (dir, path) => Path::new(dir).join(path).to_string_lossy().into_owned(),
-        };
+        let log_path = log_path
+            .map(|p| p.full().to_string_lossy().into_owned())
+            .unwrap_or_default();
         let record = ContainerRecord {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -419,6 +433,23 @@ impl ContainerManager {
             .enumerate()
             .map(|(index, m)| VolumeMode::of(index, m))
             .collect::<Result<Vec<_>, _>>()?;
+        // Each host path is opened once, judged where it really is, and
+        // later mounted from that open file.
+        let rules = self.config.policy.host_path_rules(
+            &pod.record().metadata.uid,
+            [&self.config.state_dir, &self.config.run_dir],
+        );
+        let mut host_paths = Vec::with_capacity(config.mounts.len());
+        for (index, m) in config.mounts.iter().enumerate() {
+            if m.host_path.is_empty() || m.container_path.is_empty() {
+                return Err(ContainerError::InvalidArgument(format!(
+                    "mount {index}: host_path and container_path are required"
+                )));
+            }
+            let host = HostPath::open(Path::new(&m.host_path))?;
+            admit_host_path(&rules, sandbox_config, config, index, host.resolved())?;
+            host_paths.push(host);
+        }
         let mut lower_dirs = Vec::with_capacity(layers.len());
         for layer in layers {
             lower_dirs.push(share.expose_layer(layer)?.to_string_lossy().into_owned());
@@ -428,13 +459,8 @@ impl ContainerManager {
         // EFS/NFS volumes are mounted by the agent, the rest shared.
         let planner = efs::Planner::new(&self.config.volumes.efs);
         let mut volumes = Vec::new();
-        for (index, (m, mode)) in config.mounts.iter().zip(modes).enumerate() {
-            if m.host_path.is_empty() || m.container_path.is_empty() {
-                return Err(ContainerError::InvalidArgument(format!(
-                    "mount {index}: host_path and container_path are required"
-                )));
-            }
-            let host_path = Path::new(&m.host_path);
+        let mounts = config.mounts.iter().zip(modes).zip(&host_paths);
+        for (index, ((m, mode), host)) in mounts.enumerate() {
             // The guest's bind is read-only where the guest must enforce
             // it: an NFS volume the agent mounts (nothing is below it), and
             // a recursively read-only share (the guest's submounts inherit
@@ -442,13 +468,13 @@ impl ContainerManager {
             // host (virtiofsd answers EROFS), so that the host's submounts
             // under it stay writable, as they are under a bind with `ro`.
             let (guest_path, guest_readonly) =
-                match planner.plan(id, index, host_path, m.readonly).await? {
+                match planner.plan(id, index, host.resolved(), m.readonly).await? {
                     Some(volume) => {
                         volumes.push(volume.mount);
                         (volume.guest_path, m.readonly)
                     }
                     None => (
-                        share.expose_host_path(id, index, host_path, mode)?,
+                        share.expose_host_path(id, index, host, mode)?,
                         mode.readonly == ReadOnly::Recursive,
                     ),
                 };
@@ -589,7 +615,9 @@ impl ContainerManager {
         }
         let pod = self.ready_pod(&record.sandbox_id)?;
         if !record.log_path.is_empty() {
-            *container.log.lock().await = Some(CriLog::open(Path::new(&record.log_path))?);
+            let path =
+                LogPath::from_full(&pod.record().log_directory, Path::new(&record.log_path))?;
+            *container.log.lock().await = Some(CriLog::open(path)?);
         }
         let mut agent = pod.agent().await?;
         agent
@@ -944,7 +972,9 @@ impl ContainerManager {
                 let record = self.refresh(&container);
                 if record.state == ContainerState::Running {
                     if !record.log_path.is_empty() {
-                        match CriLog::open(Path::new(&record.log_path)) {
+                        let path =
+                            LogPath::from_full(&sandbox.log_directory, Path::new(&record.log_path));
+                        match path.and_then(CriLog::open) {
                             Ok(log) => *container.log.lock().await = Some(log),
                             Err(e) => tracing::warn!(id = %record.id, %e, "reopening the log"),
                         }

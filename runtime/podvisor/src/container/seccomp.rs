@@ -104,12 +104,40 @@ pub fn oci(profile: &Profile, caps: &[String]) -> Result<Option<Value>> {
     }
 }
 
+/// Profiles are a few KiB; Docker's default is about 20.
+const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
+/// The profile's text. The path is the client's, read as root: a FIFO or a
+/// device (`/dev/zero`) would hang the daemon or fill its memory, so only
+/// a regular file of bounded size is read.
+fn read_profile(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(format!("it is larger than {MAX_PROFILE_BYTES} bytes"));
+    }
+    let mut text = String::new();
+    file.take(MAX_PROFILE_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
 /// Reads a Localhost profile, in the OCI form or Docker's (`name`,
 /// `archMap`, `includes`/`excludes`), and reduces it to the OCI form.
 pub fn load_localhost(path: &Path, caps: &[String]) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| SeccompError::Unreadable {
+    let text = read_profile(path).map_err(|reason| SeccompError::Unreadable {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     })?;
     let invalid = |reason: String| SeccompError::Invalid {
         path: path.to_path_buf(),
@@ -568,5 +596,21 @@ mod tests {
         std::fs::write(&path, r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).unwrap();
         let err = load_localhost(&path, &[]).unwrap_err().to_string();
         assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
+    }
+
+    #[test]
+    fn localhost_profiles_are_regular_files_of_bounded_size() {
+        // Neither an endless device nor a FIFO nobody writes is read.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [Path::new("/dev/zero"), fifo.as_path()] {
+            let err = load_localhost(path, &[]).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_PROFILE_BYTES as usize + 1]).unwrap();
+        let err = load_localhost(&big, &[]).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 }

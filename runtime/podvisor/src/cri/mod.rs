@@ -2,6 +2,7 @@
 //! validation, and the mapping of module errors onto gRPC codes.
 
 pub mod authority;
+pub mod bounds;
 pub mod events;
 pub mod handler;
 pub mod image;
@@ -73,6 +74,7 @@ impl From<ContainerError> for Status {
         let message = err.to_string();
         match err {
             ContainerError::Sandbox(e) => e.into(),
+            ContainerError::Policy(e) => e.into(),
             ContainerError::Image(e) => e.into(),
             ContainerError::InvalidArgument(_)
             | ContainerError::Ambiguous(_)
@@ -97,6 +99,8 @@ impl From<ContainerError> for Status {
                 Status::failed_precondition(message)
             }
             ContainerError::MountMode(_) => Status::invalid_argument(message),
+            ContainerError::LogPath(e) if e.is_invalid_input() => Status::invalid_argument(message),
+            ContainerError::LogPath(_) => Status::internal(message),
             ContainerError::Share(_) | ContainerError::Io(_) => Status::internal(message),
         }
     }

@@ -73,6 +73,8 @@ fn run_request(req: cri::RunPodSandboxRequest, defaults: &Config) -> Result<RunR
             )));
         }
     }
+    super::bounds::pod(&config)
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
     super::handler::check(&req.runtime_handler)?;
     let admission = defaults.policy.admit_pod(&config)?;
     let linux = config.linux.clone().unwrap_or_default();
@@ -631,6 +633,8 @@ impl RuntimeService for Runtime {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("CreateContainer: config is missing"))?;
+        super::bounds::container(&config)
+            .map_err(|e| Status::invalid_argument(format!("CreateContainer: {e}")))?;
         if let Some(m) = &config.metadata {
             tracing::Span::current().record("container", m.name.as_str());
         }

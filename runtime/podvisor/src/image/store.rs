@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -149,6 +149,9 @@ impl Store {
             fs::create_dir_all(root.join(d))
                 .ctx(|| format!("creating {}", root.join(d).display()))?;
         }
+        // Layers hold setuid files owned by root: no host user may reach them.
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("making {} private", root.display()))?;
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp).ctx(|| format!("reading {}", tmp.display()))? {
             let p = entry.ctx(|| format!("reading {}", tmp.display()))?.path();

@@ -4,7 +4,16 @@
 //! directory holds exactly the layer's diff: OCI whiteouts become overlay
 //! whiteouts (`.wh.NAME` → character device 0/0 `NAME`, `.wh..wh..opq` →
 //! `trusted.overlay.opaque=y` on the directory), everything else keeps its
-//! type, owner, mode (setuid/setgid/sticky too), mtime and xattrs.
+//! type, owner, mode (setuid/setgid/sticky too), mtime and xattrs, except:
+//! - device nodes are dropped (logged): the store is on the host, and a
+//!   layer must not put a device of the host's in it; a whiteout already in
+//!   overlay form (a 0/0 character device) is kept, it is no device;
+//! - `security.*` xattrs (file capabilities, LSM labels) and overlay's own
+//!   `trusted.overlay.*` are not copied: a layer does not set them on the
+//!   host's files.
+//!
+//! Setuid files stay setuid (they matter inside the guest); every host
+//! mount of a layer is nosuid and nodev (`volume::share`).
 //!
 //! Every path is resolved component by component from a directory fd with
 //! `O_NOFOLLOW`: an entry under a symlink, or with `..` or an absolute path,
@@ -409,6 +418,12 @@ impl Root {
                 )
                 .map_err(|e| io_err(&path, e))?;
             }
+            EntryType::Char | EntryType::Block if !is_overlay_whiteout(&entry, kind, &path)? => {
+                tracing::warn!(
+                    path = %String::from_utf8_lossy(&path),
+                    "layer entry is a device node; dropped (a pod VM gets only its own devices)"
+                );
+            }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (sflag, dev) = match kind {
                     EntryType::Fifo => (SFlag::S_IFIFO, 0),
@@ -603,8 +618,14 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta> {
             let Ok(key) = ext.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 // Overlay's own attributes are ours to set, never a layer's: a
-                // redirect or metacopy could reach into other layers.
-                if name.starts_with("trusted.overlay.") {
+                // redirect or metacopy could reach into other layers. Nor
+                // are security.* (capabilities, LSM labels) set on host files.
+                if name.starts_with("trusted.overlay.") || name.starts_with("security.") {
+                    tracing::debug!(
+                        path = %String::from_utf8_lossy(path),
+                        xattr = name,
+                        "layer xattr not copied"
+                    );
                     continue;
                 }
                 let name = CString::new(name).map_err(|_| bad(path, "NUL in xattr name"))?;
@@ -623,6 +644,19 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta> {
         mtime,
         xattrs,
     })
+}
+
+/// A 0/0 character device: overlay's own form of a whiteout, which some
+/// layers carry as is.
+fn is_overlay_whiteout<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    kind: EntryType,
+    path: &[u8],
+) -> Result<bool> {
+    let h = entry.header();
+    let major = h.device_major().map_err(|e| io_err(path, e))?.unwrap_or(0);
+    let minor = h.device_minor().map_err(|e| io_err(path, e))?.unwrap_or(0);
+    Ok(kind == EntryType::Char && major == 0 && minor == 0)
 }
 
 /// PAX times are decimal seconds with an optional fraction: "1600000000.5".

@@ -40,10 +40,13 @@ pub enum Rule {
     HostDevice,
     /// An added capability other than SYS_PTRACE.
     Capability,
+    /// A host path outside `policy.host_path_roots`, or the node's /dev,
+    /// /proc, /sys or podvisor's own directories (every mode).
+    HostPath,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Privileged,
         Rule::HostNetwork,
         Rule::HostPid,
@@ -52,6 +55,7 @@ impl Rule {
         Rule::DaemonSet,
         Rule::HostDevice,
         Rule::Capability,
+        Rule::HostPath,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Rule {
             Rule::DaemonSet => "daemonset",
             Rule::HostDevice => "host-device",
             Rule::Capability => "capability",
+            Rule::HostPath => "host-path",
         }
     }
 
@@ -89,6 +94,9 @@ impl Rule {
             }
             Rule::Capability => {
                 "adding any capability but SYS_PTRACE is refused, as on Fargate (in mode vm any capability holds inside the VM)"
+            }
+            Rule::HostPath => {
+                "host paths only below policy.host_path_roots, judged with symlinks resolved (default roots: in mode fargate kubelet's directory of the pod alone, as Fargate has no hostPath volumes; in mode vm /); never /dev, /proc, /sys or podvisor's state_dir and run_dir"
             }
         }
     }
@@ -303,7 +311,10 @@ fn pod_subject(pod: &PodSandboxConfig) -> String {
     format!("pod \"{namespace}/{name}\"")
 }
 
-fn container_subject(pod: Option<&PodSandboxConfig>, container: &ContainerConfig) -> String {
+pub(super) fn container_subject(
+    pod: Option<&PodSandboxConfig>,
+    container: &ContainerConfig,
+) -> String {
     let name = container.metadata.as_ref().map_or("", |m| m.name.as_str());
     match pod {
         Some(pod) => format!("container {name:?} of {}", pod_subject(pod)),

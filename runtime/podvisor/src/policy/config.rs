@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::host_path::deserialize_host_path_roots;
 use super::limits::{deserialize_limits, LimitsConfig};
 use super::profile::{deserialize_profiles, validate_profiles, Profile};
 use super::{PolicyConfigError, PolicyMode};
@@ -21,6 +22,13 @@ pub struct PolicyConfig {
     pub profiles: Vec<Profile>,
     #[serde(deserialize_with = "deserialize_limits")]
     pub limits: LimitsConfig,
+    /// Where host paths may come from (`{pod_uid}` is the pod's uid);
+    /// unset: the mode's default (see `host_path::default_roots`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_host_path_roots"
+    )]
+    pub host_path_roots: Option<Vec<String>>,
 }
 
 impl Default for PolicyConfig {
@@ -29,6 +37,7 @@ impl Default for PolicyConfig {
             mode: PolicyMode::Fargate,
             profiles: vec![Profile::default_profile()],
             limits: LimitsConfig::default(),
+            host_path_roots: None,
         }
     }
 }
@@ -36,6 +45,7 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     pub fn validate(&self) -> Result<(), PolicyConfigError> {
         validate_profiles(&self.profiles)?;
+        super::host_path::validate_roots(self.host_path_roots.iter().flatten())?;
         self.limits.validate()
     }
 }
@@ -126,6 +136,7 @@ nproc = { soft = 1024 }
             ("[policy.limits]\nnofile = { soft = 70000 }\n", "above the hard limit"),
             ("[policy]\nprofile = []\n", "profile"),
             ("[policy.limits]\nnofile = { sfot = 1 }\n", "sfot"),
+            ("[policy]\nhost_path_roots = [\"data\"]\n", "not an absolute path"),
         ];
         for (text, needle) in table {
             let err = parse(text).unwrap_err();

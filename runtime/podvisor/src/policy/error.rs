@@ -66,6 +66,8 @@ pub enum PolicyConfigError {
     },
     #[error("selector {index} of profile {profile:?} has an empty namespace (use \"*\" for every namespace)")]
     EmptyNamespace { profile: String, index: usize },
+    #[error("policy.host_path_roots: {root:?} cannot be used: {problem}")]
+    BadHostPathRoot { root: String, problem: &'static str },
     #[error("policy.limits.{name}: soft limit {soft} is above the hard limit {hard}")]
     SoftAboveHard {
         name: &'static str,

@@ -10,6 +10,7 @@ mod admission;
 mod config;
 mod error;
 mod glob;
+mod host_path;
 mod limits;
 mod mode;
 mod profile;
@@ -22,6 +23,10 @@ pub use admission::{
 };
 pub use config::PolicyConfig;
 pub use error::{PolicyConfigError, PolicyError};
+pub use host_path::{
+    admit_host_path, default_roots, HostPathRefusal, HostPathRules, KUBELET_POD_DIR, NODE_PATHS,
+    POD_UID,
+};
 pub use limits::{LimitsConfig, Rlimit, DEFAULT_RLIMIT_HARD, DEFAULT_RLIMIT_SOFT};
 pub use mode::PolicyMode;
 pub use profile::{select_profile, Profile, Selector, MAX_SELECTORS, PROFILE_ANNOTATION};
@@ -79,6 +84,36 @@ impl PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    /// `policy.host_path_roots`, or the mode's default.
+    pub fn host_path_roots(&self) -> Vec<String> {
+        self.host_path_roots
+            .clone()
+            .unwrap_or_else(|| default_roots(self.mode))
+    }
+
+    /// The host-path rule for pod `pod_uid`; `own_dirs` are the daemon's
+    /// state_dir and run_dir.
+    pub fn host_path_rules(&self, pod_uid: &str, own_dirs: [&std::path::Path; 2]) -> HostPathRules {
+        HostPathRules::new(&self.host_path_roots(), pod_uid, own_dirs)
+    }
+
+    /// `podvisor policy explain`: the rules, then the host-path roots in
+    /// effect.
+    pub fn explain(&self) -> String {
+        let origin = if self.host_path_roots.is_some() {
+            "configured"
+        } else {
+            "the mode's default"
+        };
+        format!(
+            "{}host_path_roots = {:?} ({origin}; {POD_UID} is the pod's uid)\n",
+            explain(self.mode),
+            self.host_path_roots()
+        )
+    }
+}
+
 /// The pod's name and namespace ("" when kubelet sent no metadata).
 fn pod_identity(pod: &PodSandboxConfig) -> (&str, &str) {
     pod.metadata
@@ -127,6 +162,29 @@ mod tests {
                 ("CapacityProvisioned", "1vCPU 3GB".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn explain_ends_with_the_host_path_roots_in_effect() {
+        let fargate = PolicyConfig::default().explain();
+        assert!(fargate.ends_with(
+            "host_path_roots = [\"/var/lib/kubelet/pods/{pod_uid}\"] (the mode's default; {pod_uid} is the pod's uid)\n"
+        ), "{fargate}");
+        let vm = PolicyConfig {
+            mode: PolicyMode::Vm,
+            ..PolicyConfig::default()
+        };
+        assert!(vm
+            .explain()
+            .contains("host_path_roots = [\"/\"] (the mode's default"));
+        let configured = PolicyConfig {
+            host_path_roots: Some(vec!["/srv/volumes".into()]),
+            ..vm
+        };
+        assert!(configured
+            .explain()
+            .contains("host_path_roots = [\"/srv/volumes\"] (configured"));
+        assert!(configured.explain().contains("host-path "));
     }
 
     #[test]

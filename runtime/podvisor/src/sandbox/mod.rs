@@ -9,6 +9,7 @@ mod record;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -321,6 +322,12 @@ impl SandboxManager {
     async fn boot(&self, pod: &Arc<Pod>, req: &RunRequest) -> Result<()> {
         let record = pod.record();
         std::fs::create_dir_all(&record.run_dir)?;
+        // The pod's share holds the image's layers (setuid files of root
+        // among them) and its volumes: no host user may reach into it.
+        for dir in [self.sandboxes_dir(), record.dir.clone()] {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         pod.share().prepare()?;
         record.save()?;
         let mut live = pod.live.lock().await;

@@ -1,6 +1,7 @@
 //! File systems shared into pod VMs.
 
 pub mod efs;
+pub mod host_path;
 pub mod mode;
 pub mod mount_api;
 pub mod share;

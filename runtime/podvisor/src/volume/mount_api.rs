@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -59,6 +59,24 @@ impl DetachedTree {
         Ok(DetachedTree(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// Clones the mount tree at the open file `fd` (an O_PATH descriptor
+    /// will do), as [`DetachedTree::clone_of`] does for a path.
+    pub fn clone_of_fd(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        let flags = libc::OPEN_TREE_CLONE
+            | libc::OPEN_TREE_CLOEXEC
+            | libc::AT_RECURSIVE as libc::c_uint
+            | libc::AT_EMPTY_PATH as libc::c_uint;
+        // SAFETY: the path is an empty C string and the descriptor is
+        // borrowed for the call; open_tree returns a new descriptor or -1.
+        let new = check(unsafe {
+            libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags)
+        })?;
+        let new = i32::try_from(new).map_err(io::Error::other)?;
+        // SAFETY: the descriptor was just returned to us and nothing else
+        // owns it.
+        Ok(DetachedTree(unsafe { OwnedFd::from_raw_fd(new) }))
+    }
+
     fn set_attr(&self, attr: &libc::mount_attr, recursive: bool) -> io::Result<()> {
         let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
         // SAFETY: the path is an empty C string and `attr` a live
@@ -102,6 +120,19 @@ impl DetachedTree {
             userns_fd: 0,
         };
         self.set_attr(&attr, recursive)
+    }
+
+    /// Sets nodev and nosuid on every mount of the tree: nothing in it can
+    /// open a device or gain privileges through it on the host (what the
+    /// guest makes of the files' modes is the guest's).
+    pub fn make_nodev_nosuid(&self) -> io::Result<()> {
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        self.set_attr(&attr, true)
     }
 
     /// Mounts the tree on `target`, which must exist (a directory for a

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::host_path::HostPath;
 use super::mode::{ReadOnly, VolumeMode};
 use super::mount_api::{DetachedTree, TreePropagation};
 
@@ -183,8 +184,10 @@ impl PodShare {
                 readonly: ReadOnly::Recursive,
                 propagation: TreePropagation::Private,
             };
+            let tree = DetachedTree::clone_of(layer)
+                .map_err(mount_api_err("cloning the mounts of", layer))?;
             // In the share itself: peers carry it to virtiofsd.
-            prepare_tree(layer, mode)?
+            prepare_tree(tree, layer, mode)?
                 .attach(&target)
                 .map_err(mount_api_err("mounting in the pod share at", &target))?;
         }
@@ -192,20 +195,23 @@ impl PodShare {
     }
 
     /// Shows a host path (a directory or a single file) of one container to
-    /// the guest, with the mode's propagation and read-only flags. Returns
-    /// its path in the guest.
+    /// the guest, with the mode's propagation and read-only flags, cloned
+    /// from the file that was opened and judged. Returns its path in the
+    /// guest.
     pub fn expose_host_path(
         &self,
         container_id: &str,
         index: usize,
-        host: &Path,
+        host: &HostPath,
         mode: VolumeMode,
     ) -> Result<PathBuf> {
-        let meta = std::fs::metadata(host).map_err(|_| ShareError::MissingHostPath(host.into()))?;
         let server = self.server.as_ref().ok_or(ShareError::NoServer)?;
         let relative = Path::new(MOUNTS).join(container_id).join(index.to_string());
-        make_target(&self.dir.join(&relative), meta.is_dir())?;
-        let tree = prepare_tree(host, mode)?;
+        make_target(&self.dir.join(&relative), host.is_dir())?;
+        let source = host.resolved();
+        let tree = DetachedTree::clone_of_fd(host.fd())
+            .map_err(mount_api_err("cloning the mounts of", source))?;
+        let tree = prepare_tree(tree, source, mode)?;
         let target = server.served_dir.join(&relative);
         tree.attach_in_namespace_of(server.pid, &target)
             .map_err(mount_api_err(
@@ -245,11 +251,15 @@ fn mount_api_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-/// Clones the mount tree at `source` and gives it `mode`'s propagation
-/// and read-only flags while it is detached.
-fn prepare_tree(source: &Path, mode: VolumeMode) -> Result<DetachedTree> {
-    let tree =
-        DetachedTree::clone_of(source).map_err(mount_api_err("cloning the mounts of", source))?;
+/// Gives a clone of the mount tree at `source` `mode`'s propagation and
+/// read-only flags, and nodev and nosuid, while it is detached: image
+/// layers keep their setuid files and host paths may hold setuid files
+/// or device nodes, and none of them may ever act on the host.
+fn prepare_tree(tree: DetachedTree, source: &Path, mode: VolumeMode) -> Result<DetachedTree> {
+    tree.make_nodev_nosuid().map_err(mount_api_err(
+        "setting nodev,nosuid on the mounts of",
+        source,
+    ))?;
     tree.set_propagation(mode.propagation)
         .map_err(mount_api_err(
             "setting the propagation of the mounts of",
@@ -479,7 +489,8 @@ mod tests {
                 readonly,
                 propagation,
             };
-            let guest = share.expose_host_path("c", index, &host, mode).unwrap();
+            let opened = HostPath::open(&host).unwrap();
+            let guest = share.expose_host_path("c", index, &opened, mode).unwrap();
             assert_eq!(guest, Path::new("/guest/mounts/c").join(index.to_string()));
         }
 
@@ -500,6 +511,36 @@ mod tests {
                 "{path}"
             );
         }
+        // Neither a layer nor a host path can act on the host with a
+        // setuid file or a device node.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let layer_mount = share.dir().join("layers/layer");
+        let options = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(layer_mount.to_str().unwrap()))
+            .and_then(|l| l.split(' ').nth(5))
+            .expect("the layer's bind in the share");
+        for flag in ["ro", "nosuid", "nodev"] {
+            assert!(
+                options.split(',').any(|o| o == flag),
+                "{flag} not in {options}"
+            );
+        }
+        let served_info =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", scene.ns.id())).unwrap();
+        let host_path_mounts: Vec<&str> = served_info
+            .lines()
+            .filter(|l| l.contains("/mounts/c/"))
+            .collect();
+        assert!(!host_path_mounts.is_empty());
+        for line in host_path_mounts {
+            let options = line.split(' ').nth(5).unwrap();
+            assert!(
+                options.contains("nosuid") && options.contains("nodev"),
+                "{line}"
+            );
+        }
+
         // Read-only at the top: the host path refuses, its tmpfs takes it.
         assert_eq!(errno_of_creating(&served(0).join("f")), Some(libc::EROFS));
         assert_eq!(errno_of_creating(&served(0).join("tmpfs/f")), None);

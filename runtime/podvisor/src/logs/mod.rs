@@ -3,13 +3,16 @@
 //! per line. A line longer than [`MAX_LINE`] is split into `P` (partial)
 //! records and a final `F`; output that ends without a newline ends in F.
 
-use std::fs::{File, OpenOptions};
+mod path;
+
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+
+pub use path::{LogPath, LogPathError};
 
 /// Longest line content in one record, as containerd's default.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -36,33 +39,22 @@ impl Stream {
 /// Writes one container's log file; keeps each stream's unfinished line
 /// until its newline arrives.
 pub struct CriLog {
-    path: PathBuf,
+    path: LogPath,
     file: File,
     pending: [Vec<u8>; 2],
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-}
-
 impl CriLog {
-    pub fn open(path: &Path) -> std::io::Result<CriLog> {
+    pub fn open(path: LogPath) -> Result<CriLog, LogPathError> {
         Ok(CriLog {
-            path: path.to_path_buf(),
-            file: open(path)?,
+            file: path.open()?,
+            path,
             pending: [Vec::new(), Vec::new()],
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.path.full()
     }
 
     fn record(
@@ -130,9 +122,13 @@ impl CriLog {
 
     /// ReopenContainerLog: kubelet rotated the file away; start a new one
     /// at the same path.
-    pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        self.file = open(&self.path)?;
+    pub fn reopen(&mut self) -> Result<(), LogPathError> {
+        let path = self.path.full();
+        self.file.flush().map_err(|source| LogPathError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.file = self.path.open()?;
         Ok(())
     }
 }
@@ -142,6 +138,11 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
+    fn open(dir: &tempfile::TempDir, rel: &str) -> (PathBuf, CriLog) {
+        let path = LogPath::new(dir.path().to_str().unwrap(), rel).unwrap();
+        (path.full(), CriLog::open(path).unwrap())
+    }
+
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(5)
     }
@@ -149,8 +150,7 @@ mod tests {
     #[test]
     fn writes_full_lines_per_stream_with_nanosecond_timestamps() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pod/c/0.log");
-        let mut log = CriLog::open(&path).unwrap();
+        let (path, mut log) = open(&dir, "pod/c/0.log");
         log.write(Stream::Stdout, at(0), b"hel").unwrap();
         log.write(Stream::Stderr, at(1), b"oops\n").unwrap();
         log.write(Stream::Stdout, at(2), b"lo\nworld\n").unwrap();
@@ -166,8 +166,7 @@ mod tests {
     #[test]
     fn long_lines_are_split_into_partial_records() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        let mut log = CriLog::open(&path).unwrap();
+        let (path, mut log) = open(&dir, "0.log");
         let mut long = vec![b'x'; MAX_LINE * 2 + 10];
         long.push(b'\n');
         log.write(Stream::Stdout, at(0), &long).unwrap();
@@ -187,8 +186,7 @@ mod tests {
     #[test]
     fn reopen_starts_a_new_file_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        let mut log = CriLog::open(&path).unwrap();
+        let (path, mut log) = open(&dir, "0.log");
         log.write(Stream::Stdout, at(0), b"one\n").unwrap();
         std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
         log.reopen().unwrap();
@@ -199,5 +197,17 @@ mod tests {
         assert!(std::fs::read_to_string(dir.path().join("0.log.1"))
             .unwrap()
             .ends_with("stdout F one\n"));
+    }
+
+    #[test]
+    fn reopen_refuses_a_symlink_put_where_the_rotated_file_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (path, mut log) = open(&dir, "0.log");
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x.log"), &path).unwrap();
+        let err = log.reopen().unwrap_err();
+        assert!(matches!(err, LogPathError::Symlink { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }
