@@ -132,6 +132,25 @@ async fn start(cri: &mut Cri, id: &str) {
     .expect("StartContainer");
 }
 
+/// A container that loops until stopped.
+const LOOP: &str = "while true; do sleep 1; done";
+
+/// Creates and starts a container running `script`.
+async fn run_container(
+    cri: &mut Cri,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    name: &str,
+    image: &str,
+    script: &str,
+) -> String {
+    let id = create(cri, pod, sandbox, container_config(name, image, script))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    start(cri, &id).await;
+    id
+}
+
 async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
     let r = cri
         .exec_sync(cri::ExecSyncRequest {
@@ -879,15 +898,7 @@ async fn recovery(test: &str) {
     let logs = tempfile::tempdir().unwrap();
     let sandbox = pod_config("recover", logs.path());
     let pod = run_pod(&mut cri, &sandbox).await;
-    let waiting = create(
-        &mut cri,
-        &pod,
-        &sandbox,
-        container_config("waiting", &image, "while true; do sleep 1; done"),
-    )
-    .await
-    .expect("create waiting");
-    start(&mut cri, &waiting).await;
+    let waiting = run_container(&mut cri, &pod, &sandbox, "waiting", &image, LOOP).await;
     assert_eq!(exec(&mut cri, &waiting, "echo up").await, "up");
 
     // The pod's VM dies while the daemon is down.
@@ -936,18 +947,24 @@ async fn recovery(test: &str) {
         "{st:?}"
     );
     assert!(st.finished_at > 0, "{st:?}");
+    remove_the_only_pod(&mut cri, &daemon, &pod).await;
+}
+
+/// Stops and removes the daemon's only pod and checks nothing of it is left:
+/// no pod, container, VM process, tap or mount.
+async fn remove_the_only_pod(cri: &mut Cri, daemon: &Daemon, pod: &str) {
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
+        pod_sandbox_id: pod.into(),
     })
     .await
-    .expect("StopPodSandbox of a dead VM");
+    .expect("StopPodSandbox");
     cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
+        pod_sandbox_id: pod.into(),
     })
     .await
-    .expect("RemovePodSandbox of a dead VM");
-    assert!(pods(&mut cri).await.is_empty());
-    assert!(containers(&mut cri).await.is_empty());
+    .expect("RemovePodSandbox");
+    assert!(pods(cri).await.is_empty());
+    assert!(containers(cri).await.is_empty());
     assert!(
         daemon.vm_processes().is_empty(),
         "{:?}",
@@ -977,33 +994,25 @@ async fn live_vm_recovery(test: &str) {
     let logs = tempfile::tempdir().unwrap();
     let sandbox = pod_config("live", logs.path());
     let pod = run_pod(&mut cri, &sandbox).await;
-    let running = create(
-        &mut cri,
-        &pod,
-        &sandbox,
-        container_config("running", &image, "while true; do sleep 1; done"),
-    )
-    .await
-    .expect("create running");
-    start(&mut cri, &running).await;
+    let running = run_container(&mut cri, &pod, &sandbox, "running", &image, LOOP).await;
     let waiting = create(
         &mut cri,
         &pod,
         &sandbox,
-        container_config("waiting", &image, "while true; do sleep 1; done"),
+        container_config("waiting", &image, LOOP),
     )
     .await
     .expect("create waiting");
     // Started last, just before the kill: it ends while the daemon is down.
-    let exiting = create(
+    let exiting = run_container(
         &mut cri,
         &pod,
         &sandbox,
-        container_config("exiting", &image, "sleep 4; exit 3"),
+        "exiting",
+        &image,
+        "sleep 4; exit 3",
     )
-    .await
-    .expect("create exiting");
-    start(&mut cri, &exiting).await;
+    .await;
     let vm_processes = daemon.vm_processes();
     assert!(!vm_processes.is_empty());
     daemon.kill();
@@ -1040,24 +1049,7 @@ async fn live_vm_recovery(test: &str) {
     assert_eq!(exec(&mut cri, &waiting, "echo up").await, "up");
     assert_eq!(containers(&mut cri).await.len(), 3);
     assert_eq!(daemon.vm_processes(), vm_processes, "the same VM serves on");
-
-    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
-    assert!(pods(&mut cri).await.is_empty());
-    assert!(
-        daemon.vm_processes().is_empty(),
-        "{:?}",
-        daemon.vm_processes()
-    );
-    assert_eq!(taps(), 0, "the pod's tap is gone");
+    remove_the_only_pod(&mut cri, &daemon, &pod).await;
 }
 
 /// How a stand-in for a pod's agent misbehaves.
@@ -1118,15 +1110,7 @@ async fn hostile_agents(test: &str) {
     for name in ["healthy", "silent", "garbage"] {
         let sandbox = pod_config(name, logs.path());
         let pod = run_pod(&mut cri, &sandbox).await;
-        let c = create(
-            &mut cri,
-            &pod,
-            &sandbox,
-            container_config(name, &image, "while true; do sleep 1; done"),
-        )
-        .await
-        .expect("create");
-        start(&mut cri, &c).await;
+        let c = run_container(&mut cri, &pod, &sandbox, name, &image, LOOP).await;
         pods.push((pod, c));
     }
     let [(healthy, healthy_c), (silent, silent_c), (garbage, _)] = &pods[..] else {
