@@ -18,7 +18,10 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// How long a signal waits for a namespace init to install its handler.
-pub const HANDLER_WAIT: Duration = Duration::from_secs(5);
+/// Holding longer costs nothing (the kernel would drop the signal, and the
+/// caller's grace period runs meanwhile); a loaded emulated guest has been
+/// seen to take more than 5 s from exec to `top`'s handler.
+pub const HANDLER_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(5);
 
 /// What a process does with a signal, from /proc/PID/status.
