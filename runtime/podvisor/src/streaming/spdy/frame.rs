@@ -385,9 +385,22 @@ mod tests {
             decode(&mut buf),
             Err(FrameError::Malformed { .. })
         ));
+        // SETTINGS announcing 2^32-1 entries in a 4-byte body.
         let mut buf = BytesMut::from(&[0x80, 3, 0, 4, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff][..]);
-        assert!(decode(&mut buf).is_err());
+        assert_eq!(
+            decode(&mut buf),
+            Err(FrameError::Malformed {
+                kind: "SETTINGS",
+                len: 4
+            })
+        );
         let mut buf = BytesMut::from(&[0x80, 3, 0, 1, 0, 0, 0, 2, 0, 0][..]);
-        assert!(decode(&mut buf).is_err());
+        assert_eq!(
+            decode(&mut buf),
+            Err(FrameError::Malformed {
+                kind: "SYN_STREAM",
+                len: 2
+            })
+        );
     }
 }

@@ -285,7 +285,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(Unpacker::new().unpack(b"not zlib at all").is_err());
-        assert!(parse(&[0, 0, 0, 2, 0, 0, 0, 9]).is_err());
+        let err = Unpacker::new().unpack(b"not zlib at all").unwrap_err();
+        assert!(matches!(err, HeaderError::Zlib(_)), "{err:?}");
+        // Two headers announced, the first name 9 bytes long, nothing follows.
+        let err = parse(&[0, 0, 0, 2, 0, 0, 0, 9]).unwrap_err();
+        assert!(matches!(err, HeaderError::Malformed), "{err:?}");
     }
 }

@@ -149,6 +149,12 @@ mod tests {
         let r = ifreq("tap0", IFF_TAP | IFF_NO_PI).unwrap();
         assert_eq!(&r[..4], b"tap0");
         assert_eq!(i16::from_ne_bytes([r[16], r[17]]), IFF_TAP | IFF_NO_PI);
-        assert!(ifreq("a-very-long-tap-name", 0).is_err());
+        let err = ifreq("a-very-long-tap-name", 0).unwrap_err();
+        assert!(
+            matches!(&err, TapError::Name(n) if n == "a-very-long-tap-name"),
+            "{err:?}"
+        );
+        // 15 bytes and the NUL fill the 16-byte name field exactly.
+        assert!(ifreq("fifteen-bytes-x", 0).is_ok());
     }
 }
