@@ -609,7 +609,7 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta> {
     let num = |r: io::Result<u64>| r.map_err(|e| io_err(path, e));
     let uid = u32::try_from(num(h.uid())?).map_err(|_| bad(path, "uid out of range"))?;
     let gid = u32::try_from(num(h.gid())?).map_err(|_| bad(path, "gid out of range"))?;
-    let mode = num(h.mode().map(u64::from))? as u32 & 0o7777;
+    let mode = h.mode().map_err(|e| io_err(path, e))? & 0o7777;
     let mut mtime = TimeSpec::new(num(h.mtime())? as i64, 0);
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(|e| io_err(path, e))? {

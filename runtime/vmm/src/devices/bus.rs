@@ -109,7 +109,7 @@ mod tests {
     struct Echo(Vec<u8>);
     impl BusDevice for Echo {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill((offset & 0xff) as u8);
         }
         fn write(&mut self, _offset: u64, data: &[u8]) {
             self.0.extend_from_slice(data);

@@ -109,7 +109,8 @@ impl Tap {
     }
 
     fn set_vnet_hdr_size(&self) -> Result<(), TapError> {
-        let mut size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let mut size = libc::c_int::try_from(VNET_HDR_LEN)
+            .map_err(|e| TapError::Configure(std::io::Error::other(e)))?;
         ioctl_ptr(self.file.as_raw_fd(), TUNSETVNETHDRSZ, &mut size).map_err(TapError::Configure)
     }
 
