@@ -298,7 +298,13 @@ mod tests {
             ("10.0.0.7".parse().unwrap(), 32)
         );
         assert_eq!(parse_cidr("fd00::7").unwrap().1, 128);
-        assert!(parse_cidr("10.0.0.7/40").is_err());
-        assert!(parse_cidr("ten/8").is_err());
+        assert_eq!(
+            parse_cidr("10.0.0.7/40"),
+            Err("\"10.0.0.7/40\": prefix length must be 0 to 32".to_string())
+        );
+        assert_eq!(
+            parse_cidr("ten/8"),
+            Err("\"ten/8\" is not an address in CIDR notation".to_string())
+        );
     }
 }

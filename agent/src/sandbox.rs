@@ -231,14 +231,18 @@ mod tests {
         assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(text.contains("10.0.0.5\tdb db.local\n"));
         assert!(text.ends_with("127.0.1.1\tweb-0\n"));
-        assert!(render_hosts(
+        let err = render_hosts(
             "x",
             &[HostEntry {
                 ip: "nope".into(),
-                names: vec!["a".into()]
-            }]
+                names: vec!["a".into()],
+            }],
         )
-        .is_err());
+        .unwrap_err();
+        assert!(
+            matches!(&err, AgentError::InvalidArgument(m) if m == "hosts entry ip \"nope\" is not an address"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -261,7 +265,11 @@ mod tests {
             searches: vec!["a b".into()],
             options: vec![],
         };
-        assert!(render_resolv_conf(&bad).is_err());
+        let err = render_resolv_conf(&bad).unwrap_err();
+        assert!(
+            matches!(&err, AgentError::InvalidArgument(m) if m.starts_with("DNS search domain \"a b\"")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -640,14 +640,35 @@ mod tests {
     #[test]
     fn rejects_specs_without_a_runnable_process() {
         let files = SandboxFiles::default();
-        for json in [
-            &br#"{"ociVersion":"1.0.2"}"#[..],
-            br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
-            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}}"#,
-            br#"{"ociVersion":"0.9","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
-        ] {
+        let malformed = |e: &AgentError| matches!(e, AgentError::MalformedSpec(_));
+        let invalid = |e: &AgentError| matches!(e, AgentError::InvalidArgument(_));
+        type IsKind = fn(&AgentError) -> bool;
+        let cases: [(&[u8], IsKind, &str); 4] = [
+            (
+                br#"{"ociVersion":"1.0.2"}"#,
+                malformed,
+                "the spec has no process",
+            ),
+            (
+                br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                invalid,
+                "process.args is empty",
+            ),
+            (
+                br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}}"#,
+                invalid,
+                "process.cwd \"tmp\" is not an absolute path",
+            ),
+            (
+                br#"{"ociVersion":"0.9","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                malformed,
+                "ociVersion \"0.9\" is not 1.x",
+            ),
+        ];
+        for (json, kind, why) in cases {
             let mut spec = parse_spec(json).unwrap();
-            assert!(prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).is_err());
+            let err = prepare_spec(&mut spec, &ctx(&files, RlimitCeiling::default())).unwrap_err();
+            assert!(kind(&err) && err.to_string().contains(why), "{err:?}");
         }
         assert!(matches!(
             parse_spec(b"{not json"),

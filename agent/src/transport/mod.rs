@@ -197,8 +197,20 @@ mod tests {
             "unix:/run/a.sock".parse(),
             Ok(Endpoint::Unix("/run/a.sock".into()))
         );
-        assert!("unix:relative".parse::<Endpoint>().is_err());
-        assert!("tcp:1".parse::<Endpoint>().is_err());
-        assert!("vsock:x".parse::<Endpoint>().is_err());
+        for (text, why) in [
+            (
+                "unix:relative",
+                "endpoint \"unix:relative\" is not vsock:PORT, serial:NAME or unix:/PATH",
+            ),
+            (
+                "tcp:1",
+                "endpoint \"tcp:1\" is not vsock:PORT, serial:NAME or unix:/PATH",
+            ),
+            ("vsock:x", "vsock port \"x\" is not a number"),
+            ("1024", "endpoint \"1024\" is not KIND:ADDRESS"),
+        ] {
+            let err = text.parse::<Endpoint>().unwrap_err();
+            assert!(err.starts_with(why), "{text}: {err}");
+        }
     }
 }

@@ -1,11 +1,6 @@
 //! Podvisor's runtime: the CRI daemon and the pieces it drives, one module
 //! per concern (see DESIGN.md).
 
-// Not yet reviewed for clippy::cast_possible_truncation (the workspace
-// lint): the casts of this crate still need a try_from or a per-cast
-// reason; remove this line once they have one.
-#![allow(clippy::cast_possible_truncation)]
-
 pub mod agent_client;
 pub mod config;
 pub mod container;

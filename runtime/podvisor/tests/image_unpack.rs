@@ -227,7 +227,8 @@ fn compressions_and_diff_ids() {
     fs::write(&junk, vec![0x42u8; 4096]).unwrap();
     let dest = tmp.path().join("junk");
     fs::create_dir(&dest).unwrap();
-    assert!(unpack_layer(&junk, LAYER_TAR, None, &dest).is_err());
+    let err = unpack_layer(&junk, LAYER_TAR, None, &dest).unwrap_err();
+    assert!(matches!(err, UnpackError::Read(_)), "{err:?}");
 }
 
 #[test]

@@ -438,12 +438,43 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(VmConfig::from_args(args(&["--vcpus", "1"])).is_err());
-        assert!(VmConfig::from_args(args(&["--kernel", "/k", "--vcpus", "x"])).is_err());
-        assert!(VmConfig::from_args(args(&["--kernel", "/k", "--bogus"])).is_err());
-        assert!(VmConfig::from_args(args(&["--kernel", "/k", "--net", "mac=1:2"])).is_err());
+        let refused = |a: &[&str]| match VmConfig::from_args(args(a)) {
+            Ok(c) => panic!("{a:?} was accepted: {c:?}"),
+            Err(e) => e,
+        };
+        let bad_value = |a: &[&str], flag: &str, why: &str| {
+            let err = refused(a);
+            assert!(
+                matches!(&err, ConfigError::Value { flag: f, msg } if f == flag && msg.contains(why)),
+                "{a:?}: {err:?}"
+            );
+        };
+        let err = refused(&["--vcpus", "1"]);
+        assert!(matches!(err, ConfigError::Missing("--kernel")), "{err:?}");
+        bad_value(
+            &["--kernel", "/k", "--vcpus", "x"],
+            "--vcpus",
+            "\"x\" is not a valid number",
+        );
+        let err = refused(&["--kernel", "/k", "--bogus"]);
         assert!(
-            VmConfig::from_args(args(&["--kernel", "/k", "--vsock", "cid=2,socket=/s"])).is_err()
+            matches!(&err, ConfigError::Usage(m) if m.starts_with("unknown argument \"--bogus\"")),
+            "{err:?}"
+        );
+        bad_value(
+            &["--kernel", "/k", "--net", "mac=1:2"],
+            "--net",
+            "exactly one of tap= or fd=",
+        );
+        bad_value(
+            &["--kernel", "/k", "--net", "tap=t0,mac=1:2"],
+            "--net",
+            "MAC \"1:2\" must have six bytes",
+        );
+        bad_value(
+            &["--kernel", "/k", "--vsock", "cid=2,socket=/s"],
+            "--vsock",
+            "cid must be between 3",
         );
     }
 
@@ -456,8 +487,11 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.memory_mib, 256);
         assert_eq!(cfg.boot_protocol, BootProtocolChoice::Pvh);
+        let err = VmConfig::from_json(std::path::Path::new("x"), r#"{"kernel":"/k","nope":1}"#)
+            .unwrap_err();
         assert!(
-            VmConfig::from_json(std::path::Path::new("x"), r#"{"kernel":"/k","nope":1}"#).is_err()
+            matches!(&err, ConfigError::Parse { msg, .. } if msg.contains("unknown field `nope`")),
+            "{err:?}"
         );
     }
 
@@ -467,6 +501,13 @@ mod tests {
             parse_mac("02:00:00:00:00:ff").unwrap(),
             [2, 0, 0, 0, 0, 0xff]
         );
-        assert!(parse_mac("02:00").is_err());
+        assert_eq!(
+            parse_mac("02:00"),
+            Err("MAC \"02:00\" must have six bytes".to_string())
+        );
+        assert_eq!(
+            parse_mac("02:00:00:00:00:zz"),
+            Err("MAC \"02:00:00:00:00:zz\": bad byte \"zz\"".to_string())
+        );
     }
 }

@@ -6,11 +6,6 @@
 //! and [`privileges`] confine the process after setup, [`vmm`] wires it all
 //! together and runs the event loop.
 
-// Not yet reviewed for clippy::cast_possible_truncation (the workspace
-// lint): the casts of this crate still need a try_from or a per-cast
-// reason; remove this line once they have one.
-#![allow(clippy::cast_possible_truncation)]
-
 pub mod boot;
 pub mod config;
 pub mod control;

@@ -50,10 +50,11 @@ struct DeviceManager<'a> {
 
 impl DeviceManager<'_> {
     fn attach(&mut self, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<(), VmmError> {
-        let index = self.devices.len() as u32;
-        let irq = IRQ_VIRTIO_FIRST + index;
+        let too_many = || DeviceError::TooMany(IRQ_VIRTIO_LAST - IRQ_VIRTIO_FIRST + 1);
+        let index = u32::try_from(self.devices.len()).map_err(|_| too_many())?;
+        let irq = IRQ_VIRTIO_FIRST.saturating_add(index);
         if irq > IRQ_VIRTIO_LAST {
-            return Err(DeviceError::TooMany(IRQ_VIRTIO_LAST - IRQ_VIRTIO_FIRST + 1).into());
+            return Err(too_many().into());
         }
         let base = VIRTIO_MMIO_BASE + u64::from(index) * VIRTIO_MMIO_SIZE;
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::Events)?;
@@ -63,13 +64,9 @@ impl DeviceManager<'_> {
         let events = EventRegistrar::new(self.epoll.clone(), index + 1);
         let transport = MmioTransport::new(device.clone(), self.mem.clone(), irqfd, events)
             .map_err(DeviceError::Events)?;
-        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+        for (queue, evt) in (0u32..).zip(transport.queue_evts()) {
             self.vm
-                .register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
-                    queue as u32,
-                )
+                .register_ioevent(evt, &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY), queue)
                 .map_err(|e| DeviceError::Kvm(std::io::Error::from_raw_os_error(e.errno())))?;
         }
         self.mmio
@@ -251,7 +248,7 @@ impl Runtime {
                         log::info!("guest did not shut down within the grace period; stopping it");
                         return Ok(StopReason::ShutdownRequested);
                     }
-                    left.as_millis().clamp(1, i32::MAX as u128) as i32
+                    i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
                 }
                 None => -1,
             };

@@ -1694,7 +1694,8 @@ mod tests {
         assert_eq!(e.uri, "unix:///run/podvisor/podvisor.sock");
         let e = parse_endpoint("/tmp/x=y/cri.sock").unwrap();
         assert_eq!(e.socket, Path::new("/tmp/x=y/cri.sock"));
-        assert!(parse_endpoint("tcp://127.0.0.1:1").is_err());
+        let err = parse_endpoint("tcp://127.0.0.1:1").unwrap_err();
+        assert!(err.contains("expected unix:///absolute/path.sock"), "{err}");
         let all =
             parse_endpoints(&["unix:///a/cri.sock".into(), "unix:///b/cri.sock".into()]).unwrap();
         assert_eq!(all[1].name, "cri-2");

@@ -609,7 +609,8 @@ mod tests {
             assert!(err.contains("not a regular file"), "{err}");
         }
         let big = dir.path().join("big.json");
-        std::fs::write(&big, vec![b' '; MAX_PROFILE_BYTES as usize + 1]).unwrap();
+        let too_big = usize::try_from(MAX_PROFILE_BYTES).unwrap() + 1;
+        std::fs::write(&big, vec![b' '; too_big]).unwrap();
         let err = load_localhost(&big, &[]).unwrap_err().to_string();
         assert!(err.contains("larger than"), "{err}");
     }

@@ -94,6 +94,8 @@ pub enum SpecError {
     RelativeMountPath(String),
     #[error("supplemental group {0} is not a valid gid")]
     BadGroup(i64),
+    #[error("{field} {value} is not a valid id (0 to 4294967295)")]
+    BadId { field: &'static str, value: i64 },
     #[error("{0} sets run_as_group without run_as_user or run_as_username: a group alone cannot be applied")]
     RunAsGroupWithoutUser(&'static str),
     #[error("NamespaceMode TARGET needs namespace_options.target_id, the container whose PID namespace to join")]
@@ -499,7 +501,10 @@ fn resolve_user(
         })
     };
     let (uid, mut gid) = if let Some(uid) = &security.run_as_user {
-        let uid = uid.value as u32;
+        let uid = u32::try_from(uid.value).map_err(|_| SpecError::BadId {
+            field: "run_as_user",
+            value: uid.value,
+        })?;
         (uid, primary_gid(&passwd, uid))
     } else if !security.run_as_username.is_empty() {
         lookup_user(&security.run_as_username)?
@@ -527,7 +532,10 @@ fn resolve_user(
         };
     }
     if let Some(g) = &security.run_as_group {
-        gid = g.value as u32;
+        gid = u32::try_from(g.value).map_err(|_| SpecError::BadId {
+            field: "run_as_group",
+            value: g.value,
+        })?;
     }
     // The groups the image's /etc/group lists the user in come first, then
     // the request's supplemental groups: what kubelet's other runtimes give
@@ -727,6 +735,27 @@ mod tests {
                 gid: 99,
                 additional_gids: vec![5]
             }
+        );
+        // Ids beyond a u32 are refused, not wrapped (2^32 would be root).
+        for (field, value) in [("run_as_user", 1 << 32), ("run_as_user", -1)] {
+            let sc = cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value }),
+                ..Default::default()
+            };
+            assert_eq!(
+                resolve_user(&sc, "root", &layers),
+                Err(SpecError::BadId { field, value })
+            );
+        }
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 33 }),
+            run_as_group: Some(cri::Int64Value { value: 1 << 32 }),
+            ..Default::default()
+        };
+        let err = resolve_user(&sc, "root", &layers).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "run_as_group 4294967296 is not a valid id (0 to 4294967295)"
         );
     }
 

@@ -55,7 +55,10 @@ pub fn host_tsc_khz() -> Option<u64> {
             .parse()
             .ok()
     })?;
-    Some((mhz * 1000.0).round() as u64)
+    // `as` saturates (NaN to 0); a CPU's kHz is far below u64::MAX.
+    #[allow(clippy::cast_possible_truncation)]
+    let khz = (mhz * 1000.0).round() as u64;
+    Some(khz)
 }
 
 #[cfg(test)]

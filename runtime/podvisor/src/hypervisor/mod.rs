@@ -188,7 +188,7 @@ pub async fn boot(
 pub async fn stop(vm: &Vm, agent: &mut Agent, grace: Duration) -> Exit {
     if vm.process.exited().is_none() {
         let request = podvisor_proto::ShutdownRequest {
-            grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+            grace_period_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
         };
         let answered =
             tokio::time::timeout(grace + Duration::from_secs(5), agent.shutdown(request)).await;
@@ -214,7 +214,7 @@ pub async fn stop(vm: &Vm, agent: &mut Agent, grace: Duration) -> Exit {
 pub async fn stop_pod(vm: &Vm, agent: &mut Agent, grace: Duration) -> Exit {
     if vm.process.exited().is_none() {
         let request = podvisor_proto::ShutdownRequest {
-            grace_period_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+            grace_period_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
         };
         let answered =
             tokio::time::timeout(grace + Duration::from_secs(5), agent.shutdown(request)).await;

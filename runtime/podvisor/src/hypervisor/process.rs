@@ -3,7 +3,7 @@
 //! for its exit, and stopped with SIGTERM then SIGKILL.
 
 use std::fmt;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -99,8 +99,9 @@ impl Supervised {
         if fd < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
+        let fd = RawFd::try_from(fd).map_err(std::io::Error::other)?;
         // SAFETY: the syscall just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: the AsyncFd owns the descriptor while it is registered.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
         let (tx, rx) = watch::channel(None);

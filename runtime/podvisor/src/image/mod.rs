@@ -181,7 +181,7 @@ impl ImageService {
             id = %record.id,
             endpoint = %session.endpoint.host,
             layers_downloaded = downloaded,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "image pulled"
         );
         Ok(record)

@@ -782,12 +782,23 @@ mod tests {
 
     #[test]
     fn bad_mirrors_are_refused() {
-        for url in ["ftp://x", "https://", "https://x/prefix/v2"] {
+        for (url, why) in [
+            ("ftp://x", "unknown scheme \"ftp\""),
+            ("https://", "no host"),
+            (
+                "https://x/prefix/v2",
+                "endpoints with a path are not supported",
+            ),
+        ] {
             let config = RegistryConfig {
                 mirrors: BTreeMap::from([("docker.io".to_string(), vec![url.to_string()])]),
                 ..Default::default()
             };
-            assert!(config.validate().is_err(), "{url}");
+            let err = config.validate().unwrap_err();
+            assert!(
+                err.contains(&format!("mirror {url:?} of docker.io")) && err.contains(why),
+                "{url}: {err}"
+            );
         }
     }
 
@@ -820,7 +831,7 @@ mod tests {
             auth: "not base64!".into(),
             ..Default::default()
         };
-        assert!(c.auth().is_err());
+        assert_eq!(c.auth().err().as_deref(), Some("auth is not valid base64"));
         let c = Credentials {
             identity_token: "refresh".into(),
             ..Default::default()

@@ -323,7 +323,7 @@ impl Store {
         }
         fsync_dir(parent).ctx(|| format!("syncing {}", parent.display()))?;
         drop(cleanup);
-        tracing::info!(layer = %diff_id, entries = unpacked.entries, elapsed_ms = started.elapsed().as_millis() as u64, "layer unpacked");
+        tracing::info!(layer = %diff_id, entries = unpacked.entries, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "layer unpacked");
         Ok(())
     }
 
@@ -500,7 +500,7 @@ impl Store {
             .ctx(|| format!("finding the mountpoint of {}", self.root.display()))?;
         let timestamp_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         Ok(FsInfo {
             mountpoint,
             used_bytes: used.0,

@@ -609,7 +609,7 @@ fn meta<R: Read>(entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta> {
     let num = |r: io::Result<u64>| r.map_err(|e| io_err(path, e));
     let uid = u32::try_from(num(h.uid())?).map_err(|_| bad(path, "uid out of range"))?;
     let gid = u32::try_from(num(h.gid())?).map_err(|_| bad(path, "gid out of range"))?;
-    let mode = num(h.mode().map(u64::from))? as u32 & 0o7777;
+    let mode = h.mode().map_err(|e| io_err(path, e))? & 0o7777;
     let mut mtime = TimeSpec::new(num(h.mtime())? as i64, 0);
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(|e| io_err(path, e))? {
@@ -687,9 +687,17 @@ mod tests {
 
     #[test]
     fn components_refuse_escapes() {
-        assert!(components(b"/etc/passwd").is_err());
-        assert!(components(b"a/../../b").is_err());
-        assert!(components(b"..").is_err());
+        for (path, reason) in [
+            (&b"/etc/passwd"[..], "absolute path"),
+            (b"a/../../b", "path contains '..'"),
+            (b"..", "path contains '..'"),
+        ] {
+            let err = components(path).unwrap_err();
+            assert!(
+                matches!(&err, UnpackError::BadEntry { reason: r, .. } if r == reason),
+                "{err:?}"
+            );
+        }
         assert_eq!(components(b"./a//b/./c/").unwrap(), ["a", "b", "c"]);
         assert!(components(b"./").unwrap().is_empty());
     }

@@ -317,7 +317,11 @@ mod tests {
     fn records_split_back_into_the_same_path() {
         let p = LogPath::new("/logs/pod", "c/1.log").unwrap();
         assert_eq!(LogPath::from_full("/logs/pod", &p.full()).unwrap(), p);
-        assert!(LogPath::from_full("/logs/other", &p.full()).is_err());
+        let err = LogPath::from_full("/logs/other", &p.full()).unwrap_err();
+        assert!(
+            matches!(&err, LogPathError::NotBelow { dir, .. } if dir == "/logs/other"),
+            "{err:?}"
+        );
     }
 
     #[test]

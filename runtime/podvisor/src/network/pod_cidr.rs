@@ -103,9 +103,12 @@ mod tests {
         store(dir.path(), cidr).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(cidr));
         std::fs::write(dir.path().join(STATE_FILE), "garbage").unwrap();
+        // A corrupt file is not guessed at: the error names it.
+        let err = load(dir.path()).unwrap_err();
         assert!(
-            load(dir.path()).is_err(),
-            "a corrupt file is not guessed at"
+            matches!(&err, PodCidrError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData),
+            "{err:?}"
         );
+        assert!(err.to_string().contains(STATE_FILE), "{err}");
     }
 }

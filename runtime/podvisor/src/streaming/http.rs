@@ -361,7 +361,11 @@ mod tests {
             Ok(Some("v5.channel.k8s.io".into()))
         );
         assert_eq!(negotiate(&[], exec_spdy::PROTOCOLS), Ok(None));
-        assert!(negotiate(&["nope".into()], exec_spdy::PROTOCOLS).is_err());
+        let err = negotiate(&["nope".into()], exec_spdy::PROTOCOLS).unwrap_err();
+        assert!(
+            err.contains("unable to negotiate protocol") && err.contains("\"nope\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub fn segment_from_entry(entry: u64, selector: u16) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base,
-        limit: limit as u32,
+        // 20 bits, at most scaled by 4 KiB: always fits.
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present,
@@ -100,7 +101,8 @@ pub fn write_gdt(mem: &GuestMemoryMmap, long_mode: bool) -> Result<BootSegments,
         data: segment_from_entry(gdt[3], DATA_SELECTOR),
         tss: segment_from_entry(gdt[4], TSS_SELECTOR),
         gdt_base: GDT_ADDR,
-        gdt_limit: (std::mem::size_of_val(&gdt) - 1) as u16,
+        // A handful of 8-byte entries.
+        gdt_limit: u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX),
         idt_base: IDT_ADDR,
         idt_limit: 7,
     })

@@ -39,6 +39,17 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
+/// `addr` for a 32-bit boot field (MP table, zero page). Call it in a
+/// `const` so that an address at or above 4 GiB fails the build.
+#[allow(clippy::cast_possible_truncation)] // the assert rules truncation out
+pub const fn addr32(addr: u64) -> u32 {
+    assert!(
+        addr <= u32::MAX as u64,
+        "a 32-bit boot field needs an address below 4 GiB"
+    );
+    addr as u32
+}
+
 /// Legacy ISA interrupt lines.
 pub const IRQ_KEYBOARD: u32 = 1;
 pub const IRQ_SERIAL: u32 = 4;

@@ -165,7 +165,8 @@ pub fn load_initrd(
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel.kernel_end)
         .ok_or(BootError::InitrdTooLarge { size })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge { size })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(|e| BootError::LoadInitrd(e.to_string()))?;
     Ok((addr, size))
 }

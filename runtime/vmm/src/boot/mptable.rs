@@ -4,7 +4,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR};
+use super::layout::{addr32, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR};
 use super::BootError;
 
 /// Highest vCPU count the table (and APIC ID space we hand out) supports.
@@ -53,7 +53,7 @@ pub fn build_mptable(vcpu_count: u8) -> Result<Vec<u8>, BootError> {
     entries.extend_from_slice(b"ISA   ");
     entry_count += 1;
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    entries.extend_from_slice(&const { addr32(IOAPIC_ADDR) }.to_le_bytes());
     entry_count += 1;
     for pin in 0..IOAPIC_PINS {
         // Bus IRQ n -> IOAPIC pin n, polarity/trigger "conforms to bus".
@@ -74,10 +74,13 @@ pub fn build_mptable(vcpu_count: u8) -> Result<Vec<u8>, BootError> {
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
     entry_count += 2;
 
-    let table_addr = MPTABLE_ADDR as u32 + 16;
+    let table_addr = const { addr32(MPTABLE_ADDR) } + 16;
     let mut table: Vec<u8> = Vec::with_capacity(44 + entries.len());
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&((44 + entries.len()) as u16).to_le_bytes());
+    // Bounded by MAX_VCPUS processor entries; the field is 16 bits.
+    let table_len =
+        u16::try_from(44 + entries.len()).map_err(|_| BootError::TooManyVcpus(vcpu_count))?;
+    table.extend_from_slice(&table_len.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, filled below
     table.extend_from_slice(b"PODVISOR");
@@ -85,7 +88,7 @@ pub fn build_mptable(vcpu_count: u8) -> Result<Vec<u8>, BootError> {
     table.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     table.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     table.extend_from_slice(&entry_count.to_le_bytes());
-    table.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&const { addr32(LAPIC_ADDR) }.to_le_bytes());
     table.extend_from_slice(&[0, 0, 0, 0]); // extended table length, checksum, reserved
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
@@ -137,7 +140,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_counts() {
-        assert!(build_mptable(0).is_err());
-        assert!(build_mptable(MAX_VCPUS + 1).is_err());
+        for n in [0, MAX_VCPUS + 1] {
+            let err = build_mptable(n).unwrap_err();
+            assert!(
+                matches!(err, BootError::TooManyVcpus(m) if m == n),
+                "{err:?}"
+            );
+        }
     }
 }

@@ -40,7 +40,7 @@ pub fn write_start_info(
         version: 1,
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: memmap_addr,
-        memmap_entries: memmap.len() as u32,
+        memmap_entries: u32::try_from(memmap.len()).map_err(|_| BootError::E820TooLarge)?,
         ..Default::default()
     };
     let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));

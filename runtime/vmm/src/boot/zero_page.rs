@@ -7,7 +7,7 @@ use linux_loader::loader::bootparam::{boot_params, setup_header, CAN_USE_HEAP, L
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    low_ram_end, CMDLINE_ADDR, EBDA_START, HIGHMEM_START, MMIO_GAP_END, MMIO_GAP_START,
+    addr32, low_ram_end, CMDLINE_ADDR, EBDA_START, HIGHMEM_START, MMIO_GAP_END, MMIO_GAP_START,
     ZERO_PAGE_ADDR,
 };
 use super::BootError;
@@ -62,11 +62,13 @@ pub fn build_boot_params(input: &ZeroPageInput) -> Result<boot_params, BootError
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = (input.cmdline_len + 1) as u32;
+    params.hdr.cmd_line_ptr = const { addr32(CMDLINE_ADDR) };
+    params.hdr.cmdline_size = u32::try_from(input.cmdline_len + 1)
+        .map_err(|_| BootError::Cmdline(format!("{} bytes is too long", input.cmdline_len)))?;
     if let Some((addr, size)) = input.initrd {
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = size as u32;
+        // 64-bit values split into the low and the ext_ high halves.
+        params.hdr.ramdisk_image = (addr & 0xffff_ffff) as u32;
+        params.hdr.ramdisk_size = (size & 0xffff_ffff) as u32;
         params.ext_ramdisk_image = (addr >> 32) as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
@@ -79,7 +81,7 @@ pub fn build_boot_params(input: &ZeroPageInput) -> Result<boot_params, BootError
         slot.size = *size;
         slot.r#type = *kind;
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = u8::try_from(map.len()).map_err(|_| BootError::E820TooLarge)?;
     Ok(params)
 }
 
@@ -121,7 +123,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_ADDR);
         assert_eq!({ p.hdr.cmdline_size }, 11);
         assert_eq!({ p.hdr.ramdisk_image }, 0x700_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);

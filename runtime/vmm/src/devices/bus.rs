@@ -109,7 +109,7 @@ mod tests {
     struct Echo(Vec<u8>);
     impl BusDevice for Echo {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill((offset & 0xff) as u8);
         }
         fn write(&mut self, _offset: u64, data: &[u8]) {
             self.0.extend_from_slice(data);
@@ -121,7 +121,13 @@ mod tests {
         let mut bus = Bus::new();
         let dev = Arc::new(Mutex::new(Echo(Vec::new())));
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
-        assert!(bus.insert(dev.clone(), 0x108, 0x10).is_err());
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x108, 0x10),
+            Err(BusError::Overlap {
+                start: 0x108,
+                len: 0x10
+            })
+        ));
         bus.insert(dev.clone(), 0x110, 0x10).unwrap();
         let mut b = [0u8; 4];
         assert!(bus.read(0x104, &mut b));

@@ -58,7 +58,8 @@ impl SerialConsole {
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() == 1 {
-            data[0] = self.uart.read(offset as u8);
+            // The bus hands us offsets within our 8 ports.
+            data[0] = self.uart.read((offset & 0xff) as u8);
         } else {
             data.fill(0);
         }
@@ -67,7 +68,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() == 1 {
             // A full or broken log must not stop the guest.
-            let _ = self.uart.write(offset as u8, data[0]);
+            let _ = self.uart.write((offset & 0xff) as u8, data[0]);
         }
     }
 }

@@ -49,6 +49,12 @@ fn host_ram_bytes() -> Option<u64> {
 }
 
 /// Validates `size` and maps guest RAM.
+/// A RAM range's length as the mmap length it becomes.
+fn mappable(len: u64) -> Result<usize, MemoryError> {
+    usize::try_from(len)
+        .map_err(|_| MemoryError::Mmap(format!("{len} bytes exceed this host's address space")))
+}
+
 pub fn create_guest_ram(size: u64, shared: bool) -> Result<GuestRam, MemoryError> {
     if size < MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall(size));
@@ -66,10 +72,10 @@ pub fn create_guest_ram(size: u64, shared: bool) -> Result<GuestRam, MemoryError
     }
     let ranges = ram_ranges(size);
     if !shared {
-        let ranges: Vec<(GuestAddress, usize)> = ranges
+        let ranges = ranges
             .iter()
-            .map(|&(a, s)| (GuestAddress(a), s as usize))
-            .collect();
+            .map(|&(a, s)| Ok((GuestAddress(a), mappable(s)?)))
+            .collect::<Result<Vec<_>, MemoryError>>()?;
         let mem =
             GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Mmap(e.to_string()))?;
         return Ok(GuestRam {
@@ -91,7 +97,7 @@ pub fn create_guest_ram(size: u64, shared: bool) -> Result<GuestRam, MemoryError
     let mut offset = 0u64;
     for (addr, len) in ranges {
         let mapping =
-            MmapRegion::from_file(FileOffset::from_arc(file.clone(), offset), len as usize)
+            MmapRegion::from_file(FileOffset::from_arc(file.clone(), offset), mappable(len)?)
                 .map_err(|e| MemoryError::Mmap(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(addr))
             .ok_or_else(|| MemoryError::Mmap("region overflows the address space".into()))?;

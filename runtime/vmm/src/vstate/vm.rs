@@ -66,12 +66,12 @@ impl Vm {
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(|e| VmError::CreateVm(io(e)))?;
         let ram = create_guest_ram(mem_size, shared_memory)?;
-        for (slot, region) in ram.mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(ram.mem.iter()) {
             let host_addr = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|e| VmError::SetMemoryRegion(std::io::Error::other(e.to_string())))?;
             let desc = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),

@@ -122,7 +122,8 @@ const DICTIONARY_TAIL: &str = concat!(
 pub fn dictionary() -> Vec<u8> {
     let mut dict = Vec::with_capacity(1500);
     for word in DICTIONARY_WORDS {
-        dict.extend_from_slice(&(word.len() as u32).to_be_bytes());
+        let len = u32::try_from(word.len()).expect("SPDY/3 dictionary words are short");
+        dict.extend_from_slice(&len.to_be_bytes());
         dict.extend_from_slice(word.as_bytes());
     }
     dict.extend_from_slice(DICTIONARY_TAIL.as_bytes());
@@ -131,6 +132,11 @@ pub fn dictionary() -> Vec<u8> {
 
 fn zlib_err(e: impl std::fmt::Display) -> HeaderError {
     HeaderError::Zlib(e.to_string())
+}
+
+/// Bytes of this block zlib has taken in: at most the block's length.
+fn consumed(total_in: u64, start: u64) -> Result<usize, HeaderError> {
+    usize::try_from(total_in - start).map_err(zlib_err)
 }
 
 /// Our direction's zlib stream.
@@ -146,24 +152,25 @@ impl Packer {
     }
 
     pub fn pack(&mut self, headers: &Headers) -> Result<Bytes, HeaderError> {
+        let len32 = |n: usize| u32::try_from(n).map_err(|_| HeaderError::TooLarge);
         let mut plain = BytesMut::new();
-        plain.put_u32(headers.0.len() as u32);
+        plain.put_u32(len32(headers.0.len())?);
         for (name, value) in &headers.0 {
-            plain.put_u32(name.len() as u32);
+            plain.put_u32(len32(name.len())?);
             plain.put_slice(name.to_ascii_lowercase().as_bytes());
-            plain.put_u32(value.len() as u32);
+            plain.put_u32(len32(value.len())?);
             plain.put_slice(value.as_bytes());
         }
         let mut out = Vec::with_capacity(plain.len() + 64);
         let start = self.z.total_in();
         loop {
-            let used = (self.z.total_in() - start) as usize;
+            let used = consumed(self.z.total_in(), start)?;
             out.reserve(256);
             self.z
                 .compress_vec(&plain[used..], &mut out, FlushCompress::Sync)
                 .map_err(zlib_err)?;
             // Done when all input is in and the flush left spare room.
-            if (self.z.total_in() - start) as usize == plain.len() && out.len() < out.capacity() {
+            if consumed(self.z.total_in(), start)? == plain.len() && out.len() < out.capacity() {
                 break;
             }
         }
@@ -187,7 +194,7 @@ impl Unpacker {
         let mut out = Vec::with_capacity(block.len() * 4 + 64);
         let start = self.z.total_in();
         loop {
-            let used = (self.z.total_in() - start) as usize;
+            let used = consumed(self.z.total_in(), start)?;
             if out.len() == out.capacity() {
                 if out.len() >= MAX_BLOCK {
                     return Err(HeaderError::TooLarge);
@@ -200,7 +207,7 @@ impl Unpacker {
             {
                 Ok(Status::StreamEnd) => break,
                 Ok(_) => {
-                    let used = (self.z.total_in() - start) as usize;
+                    let used = consumed(self.z.total_in(), start)?;
                     if used == block.len() && out.len() < out.capacity() {
                         break;
                     }
@@ -285,7 +292,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(Unpacker::new().unpack(b"not zlib at all").is_err());
-        assert!(parse(&[0, 0, 0, 2, 0, 0, 0, 9]).is_err());
+        let err = Unpacker::new().unpack(b"not zlib at all").unwrap_err();
+        assert!(matches!(err, HeaderError::Zlib(_)), "{err:?}");
+        // Two headers announced, the first name 9 bytes long, nothing follows.
+        let err = parse(&[0, 0, 0, 2, 0, 0, 0, 9]).unwrap_err();
+        assert!(matches!(err, HeaderError::Malformed), "{err:?}");
     }
 }

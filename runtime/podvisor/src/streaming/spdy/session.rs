@@ -293,7 +293,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Frame::Data { stream, fin, data } => {
-                let len = data.len() as u32;
+                // A DATA frame's length field is 24 bits: this always fits.
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 if let Some(o) = open.get(&stream) {
                     if !data.is_empty() {
                         // A consumer that went away just loses its data.

@@ -177,7 +177,9 @@ impl Backend {
                     }
                     pos += u64::from(d.len());
                 }
-                self.counters.add_from_guest(total as usize);
+                // total <= MAX_TRANSFER (in_range).
+                self.counters
+                    .add_from_guest(usize::try_from(total).unwrap_or(usize::MAX));
                 (STATUS_OK, 0)
             }
             REQ_FLUSH => {
@@ -191,7 +193,7 @@ impl Backend {
                     if mem.write_slice(&DEVICE_ID[..n], d.addr()).is_err() {
                         return (STATUS_IOERR, 0);
                     }
-                    (STATUS_OK, n as u32)
+                    (STATUS_OK, super::used_len(n))
                 }
                 _ => (STATUS_IOERR, 0),
             },

@@ -182,7 +182,7 @@ impl MmioTransport {
             0x10 => {
                 let features = self.device.lock().unwrap().avail_features();
                 match self.device_features_sel {
-                    0 => features as u32,
+                    0 => (features & 0xffff_ffff) as u32,
                     1 => (features >> 32) as u32,
                     _ => 0,
                 }
@@ -213,7 +213,8 @@ impl MmioTransport {
             },
             0x24 => self.driver_features_sel = value,
             0x30 => self.queue_sel = value,
-            0x38 if queue_setup => self.with_queue(|q| q.set_size(value as u16)),
+            // QueueNum is 32 bits wide, a queue size 16: the rest is ignored.
+            0x38 if queue_setup => self.with_queue(|q| q.set_size((value & 0xffff) as u16)),
             0x44 if queue_setup => self.with_queue(|q| q.set_ready(value == 1)),
             REG_QUEUE_NOTIFY => {
                 // Normally caught by the ioeventfd; an unmatched value lands here.

@@ -121,7 +121,14 @@ impl EventRegistrar {
 
 /// Splits epoll data into (slot, token).
 pub fn split_event_data(data: u64) -> (u32, u32) {
-    ((data >> 32) as u32, data as u32)
+    ((data >> 32) as u32, (data & 0xffff_ffff) as u32)
+}
+
+/// A byte count the device bounded itself (a header, a frame that fit the
+/// guest's buffer, a capped request) as the u32 the used ring carries.
+/// Saturates rather than panics: the guest must not be able to crash us.
+pub fn used_len(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -141,9 +148,9 @@ pub const FIRST_DEVICE_TOKEN: u32 = 0x100;
 /// Registers every queue eventfd with token = queue index.
 pub fn register_queue_events(ctx: &ActivateContext) -> Result<(), ActivateError> {
     use std::os::fd::AsRawFd;
-    for (i, evt) in ctx.queue_evts.iter().enumerate() {
+    for (i, evt) in (0u32..).zip(&ctx.queue_evts) {
         ctx.events
-            .add(evt.as_raw_fd(), i as u32, EventSet::IN)
+            .add(evt.as_raw_fd(), i, EventSet::IN)
             .map_err(ActivateError::Events)?;
     }
     Ok(())
@@ -167,7 +174,9 @@ pub trait VirtioDevice: Send {
 /// past the end return zeros.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let start = offset as usize;
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if start < config.len() {
         let n = data.len().min(config.len() - start);
         data[..n].copy_from_slice(&config[start..start + n]);

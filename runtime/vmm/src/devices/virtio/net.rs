@@ -118,7 +118,7 @@ impl Net {
             Ok(mut w) if w.available_bytes() >= frame.len() => {
                 use std::io::Write;
                 if w.write_all(frame).is_ok() {
-                    used = frame.len() as u32;
+                    used = super::used_len(frame.len());
                     self.counters.add_to_guest(frame.len() - VNET_HDR_LEN);
                 } else {
                     self.counters.add_bad_request();
@@ -288,14 +288,16 @@ impl VirtioDevice for Net {
     }
 
     fn handle_event(&mut self, token: u32, _events: EventSet) {
+        // A queue's token is its index.
+        let queue = usize::try_from(token).ok();
         match token {
-            t if t == RX as u32 => {
+            _ if queue == Some(RX) => {
                 if let Some(a) = &self.active {
                     let _ = a.evts[RX].read();
                 }
                 self.process_rx();
             }
-            t if t == TX as u32 => {
+            _ if queue == Some(TX) => {
                 if let Some(a) = &self.active {
                     let _ = a.evts[TX].read();
                 }

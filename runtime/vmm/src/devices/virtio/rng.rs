@@ -69,7 +69,7 @@ impl Rng {
             self.counters.add_to_guest(written);
             if active
                 .queue
-                .add_used(mem.as_ref(), head, written as u32)
+                .add_used(mem.as_ref(), head, super::used_len(written))
                 .is_err()
             {
                 self.counters.add_bad_request();

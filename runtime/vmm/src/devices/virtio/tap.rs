@@ -109,7 +109,8 @@ impl Tap {
     }
 
     fn set_vnet_hdr_size(&self) -> Result<(), TapError> {
-        let mut size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let mut size = libc::c_int::try_from(VNET_HDR_LEN)
+            .map_err(|e| TapError::Configure(std::io::Error::other(e)))?;
         ioctl_ptr(self.file.as_raw_fd(), TUNSETVNETHDRSZ, &mut size).map_err(TapError::Configure)
     }
 
@@ -149,6 +150,12 @@ mod tests {
         let r = ifreq("tap0", IFF_TAP | IFF_NO_PI).unwrap();
         assert_eq!(&r[..4], b"tap0");
         assert_eq!(i16::from_ne_bytes([r[16], r[17]]), IFF_TAP | IFF_NO_PI);
-        assert!(ifreq("a-very-long-tap-name", 0).is_err());
+        let err = ifreq("a-very-long-tap-name", 0).unwrap_err();
+        assert!(
+            matches!(&err, TapError::Name(n) if n == "a-very-long-tap-name"),
+            "{err:?}"
+        );
+        // 15 bytes and the NUL fill the 16-byte name field exactly.
+        assert!(ifreq("fifteen-bytes-x", 0).is_ok());
     }
 }

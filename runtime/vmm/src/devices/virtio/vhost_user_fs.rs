@@ -208,9 +208,9 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        for (i, evt) in self.call_evts.iter().enumerate() {
+        for (i, evt) in (0u32..).zip(&self.call_evts) {
             ctx.events
-                .add(evt.as_raw_fd(), FIRST_DEVICE_TOKEN + i as u32, EventSet::IN)
+                .add(evt.as_raw_fd(), FIRST_DEVICE_TOKEN + i, EventSet::IN)
                 .map_err(ActivateError::Events)?;
         }
         if let Err(e) = self.setup_backend(&ctx) {

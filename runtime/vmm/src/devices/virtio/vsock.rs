@@ -60,6 +60,13 @@ const FIRST_STREAM_TOKEN: u32 = FIRST_DEVICE_TOKEN + 1;
 /// A CONNECT line longer than this is rejected.
 const MAX_CONNECT_LINE: usize = 64;
 
+/// `n` modulo 2^32: fwd_cnt and tx_cnt are free-running counters (virtio
+/// 1.2, 5.10.6.3), so only the low 32 bits of a byte count matter.
+#[allow(clippy::cast_possible_truncation)] // modulo 2^32 is the intent
+fn wrapping_u32(n: usize) -> u32 {
+    n as u32
+}
+
 /// A vsock packet header (virtio 1.2, 5.10.6), little endian on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
@@ -188,7 +195,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        self.fwd_cnt = self.fwd_cnt.wrapping_add(total as u32);
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(wrapping_u32(total));
         Ok(total)
     }
 }
@@ -576,7 +583,7 @@ impl Vsock {
             let mut used_len = 0u32;
             if let Some(h) = self.control.pop_front() {
                 if writer.write_all(&h.to_bytes()).is_ok() {
-                    used_len = HDR_LEN as u32;
+                    used_len = super::used_len(HDR_LEN);
                 }
             } else if let Some(key) = self.next_rx_conn() {
                 let Some(conn) = self.conns.get_mut(&key) else {
@@ -623,13 +630,14 @@ impl Vsock {
                         continue;
                     }
                     Some(n) => {
-                        h.len = n as u32;
-                        conn.tx_cnt = conn.tx_cnt.wrapping_add(n as u32);
+                        // n <= MAX_PKT_PAYLOAD.
+                        h.len = super::used_len(n);
+                        conn.tx_cnt = conn.tx_cnt.wrapping_add(wrapping_u32(n));
                         conn.last_fwd_cnt_sent = conn.fwd_cnt;
                         if writer.write_all(&h.to_bytes()).is_ok()
                             && writer.write_all(&buf[..n]).is_ok()
                         {
-                            used_len = (HDR_LEN + n) as u32;
+                            used_len = super::used_len(HDR_LEN + n);
                             self.counters.add_to_guest(n);
                         }
                     }
@@ -640,7 +648,7 @@ impl Vsock {
                         h.op = OP_SHUTDOWN;
                         h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                         if writer.write_all(&h.to_bytes()).is_ok() {
-                            used_len = HDR_LEN as u32;
+                            used_len = super::used_len(HDR_LEN);
                         }
                     }
                 }
@@ -731,12 +739,14 @@ impl VirtioDevice for Vsock {
     }
 
     fn handle_event(&mut self, token: u32, events: EventSet) {
+        // A queue's token is its index.
+        let queue = usize::try_from(token).ok();
         match token {
-            t if t == RX as u32 || t == TX as u32 || t == EVQ as u32 => {
-                if let Some(a) = &self.active {
-                    let _ = a.evts[t as usize].read();
+            _ if matches!(queue, Some(RX | TX | EVQ)) => {
+                if let (Some(a), Some(q)) = (&self.active, queue) {
+                    let _ = a.evts[q].read();
                 }
-                if t == TX as u32 {
+                if queue == Some(TX) {
                     self.process_tx();
                 }
             }
