@@ -108,9 +108,9 @@ fn read_now(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<Option<usize>> 
 async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
-        }) {
+        match guard
+            .try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), buf).map_err(io::Error::from))
+        {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }
@@ -155,7 +155,10 @@ async fn read_hello(fd: &AsyncFd<OwnedFd>) -> io::Result<Option<String>> {
 }
 
 fn host_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the runtime closed the serial port")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the runtime closed the serial port",
+    )
 }
 
 /// Finds hello lines in a byte stream that may hold anything else.
@@ -191,7 +194,9 @@ impl HelloScanner {
 fn parse_line(line: &[u8], keyword: &str) -> Option<String> {
     let rest = line.strip_prefix(keyword.as_bytes())?.strip_prefix(b" ")?;
     let valid = (1..=32).contains(&rest.len())
-        && rest.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
     valid.then(|| String::from_utf8_lossy(rest).into_owned())
 }
 
@@ -270,7 +275,9 @@ impl AsyncWrite for Session {
                 Err(_would_block) => match host_connected(this.fd.get_ref().as_fd()) {
                     Ok(true) => continue,
                     Ok(false) => {
-                        tracing::info!("the runtime closed the serial port while output was pending");
+                        tracing::info!(
+                            "the runtime closed the serial port while output was pending"
+                        );
                         this.ended = true;
                         return Poll::Ready(Err(host_gone()));
                     }
@@ -347,8 +354,16 @@ mod tests {
         assert_eq!(scan(&[b"\nPODVISOR-HELLO aa"]), None, "no newline yet");
         assert_eq!(scan(&[b"\nPODVISOR-HELLO XYZ\n"]), None, "not hex");
         assert_eq!(scan(&[b"\nPODVISOR-HELLO \n"]), None, "empty nonce");
-        assert_eq!(scan(&[b"\nPODVISOR-READY aa\n"]), None, "the agent's own line");
-        assert_eq!(scan(&[b"garbagePODVISOR-HELLO aa\n"]), None, "not at a line start");
+        assert_eq!(
+            scan(&[b"\nPODVISOR-READY aa\n"]),
+            None,
+            "the agent's own line"
+        );
+        assert_eq!(
+            scan(&[b"garbagePODVISOR-HELLO aa\n"]),
+            None,
+            "not at a line start"
+        );
         let long = [b'a'; 100];
         assert_eq!(
             scan(&[b"\nPODVISOR-HELLO ", &long, b"\n"]),

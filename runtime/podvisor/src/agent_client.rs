@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use podvisor_proto::agent_client::AgentClient;
-use podvisor_proto::{
-    GetGuestInfoRequest, GuestInfo, SERIAL_HELLO, SERIAL_LINE_MAX, SERIAL_READY,
-};
+use podvisor_proto::{GetGuestInfoRequest, GuestInfo, SERIAL_HELLO, SERIAL_LINE_MAX, SERIAL_READY};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
