@@ -48,6 +48,15 @@ struct Rig<'m> {
     interrupt: Arc<Interrupt>,
 }
 
+/// Test sizes are small; a conversion that fails is a broken test.
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap()
+}
+
+fn u16_of(n: usize) -> u16 {
+    u16::try_from(n).unwrap()
+}
+
 fn guest_memory() -> Arc<GuestMemoryMmap> {
     Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap())
 }
@@ -93,14 +102,14 @@ impl<'m> Rig<'m> {
             .iter()
             .enumerate()
             .map(|(i, &(addr, len, write))| {
-                let i = i as u16;
+                let i = u16_of(i);
                 let last = usize::from(i) + 1 == bufs.len();
                 let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
                 RawDescriptor::from(Descriptor::new(addr, len, flags, start + i + 1))
             })
             .collect();
         self.queues[q].add_desc_chains(&descs, start).unwrap();
-        self.next_slot[q] += bufs.len() as u16;
+        self.next_slot[q] += u16_of(bufs.len());
         self.posted[q] += 1;
         start
     }
@@ -117,7 +126,7 @@ impl<'m> Rig<'m> {
         loop {
             let n = self
                 .epoll
-                .wait(quiet.as_millis() as i32, &mut events)
+                .wait(i32::try_from(quiet.as_millis()).unwrap(), &mut events)
                 .unwrap();
             if n == 0 {
                 return;
@@ -318,8 +327,8 @@ fn net_moves_frames_between_the_guest_and_the_tap() {
     rig.post(
         1,
         &[
-            (BUF, VNET_HDR as u32, false),
-            (BUF + 0x1000, (out.len() - VNET_HDR) as u32, false),
+            (BUF, u32_of(VNET_HDR), false),
+            (BUF + 0x1000, u32_of(out.len() - VNET_HDR), false),
         ],
     );
     rig.kick(1);
@@ -342,7 +351,7 @@ fn net_moves_frames_between_the_guest_and_the_tap() {
     peer.send(&inbound).unwrap();
     rig.pump(&mut dev, SHORT);
     let used = rig.used(0);
-    assert_eq!(used, [(0, 0), (1, inbound.len() as u32)]);
+    assert_eq!(used, [(0, 0), (1, u32_of(inbound.len()))]);
     let mut expect = inbound.clone();
     expect[10] = 1;
     assert_eq!(rig.read(BUF + 0x3000, inbound.len()), expect);
@@ -385,7 +394,7 @@ fn guest_send(rig: &mut Rig, addr: u64, h: Header, payload: &[u8]) {
             TX,
             &[
                 (addr, 44, false),
-                (addr + 0x100, payload.len() as u32, false),
+                (addr + 0x100, u32_of(payload.len()), false),
             ],
         );
     }

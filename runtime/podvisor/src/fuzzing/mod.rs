@@ -15,8 +15,11 @@ pub use reference::image_reference;
 pub use spdy::spdy_frames;
 pub use websocket::websocket_remotecommand;
 
+/// A fuzz target's entry point: any bytes in, a panic only on a bug.
+pub type Entry = fn(&[u8]);
+
 /// Every target by name, as `fuzz/regressions/<name>/` names them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("spdy_frames", spdy_frames),
     ("websocket_remotecommand", websocket_remotecommand),
     ("image_reference", image_reference),

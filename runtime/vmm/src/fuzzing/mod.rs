@@ -14,8 +14,11 @@ pub use guest::Guest;
 pub use input::Input;
 pub use mmio::virtio_mmio;
 
+/// A fuzz target's entry point: any bytes in, a panic only on a bug.
+pub type Entry = fn(&[u8]);
+
 /// Every target by name, as `fuzz/regressions/<name>/` names them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("virtio_mmio", virtio_mmio),
     ("virtio_block", virtio_block),
     ("virtio_net", virtio_net),
