@@ -24,16 +24,15 @@ pub fn spdy_frames(data: &[u8]) {
     let mut unpacker = Unpacker::new();
     while let Ok(Some(f)) = frame::decode(&mut wire) {
         check_round_trip(&f);
-        match &f {
+        let block = match &f {
             Frame::SynStream { block, .. }
             | Frame::SynReply { block, .. }
-            | Frame::Headers { block, .. } => {
-                // The session ends at the first bad block, so do we.
-                if unpacker.unpack(block).is_err() {
-                    return;
-                }
-            }
-            _ => {}
+            | Frame::Headers { block, .. } => block,
+            _ => continue,
+        };
+        // The session ends at the first bad block, so do we.
+        if unpacker.unpack(block).is_err() {
+            return;
         }
     }
 }

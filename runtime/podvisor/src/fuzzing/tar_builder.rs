@@ -30,9 +30,9 @@ const NAMES: &[&str] = &[
 
 const TARGETS: &[&str] = &["a", "a/b", "../outside", "{abs}", "/", "link", "b", ".."];
 
-const KINDS: &[u8] = &[
-    b'0', b'5', b'2', b'1', b'3', b'4', b'6', b'7', b'S', b'g', b'x', b'L', b'K',
-];
+/// Entry types: file, dir, symlink, hard link, char, block, fifo,
+/// contiguous, GNU sparse, PAX global, PAX, GNU long name, GNU long link.
+const KINDS: &[u8] = b"05213467SgxLK";
 
 const PAX_KEYS: &[&str] = &[
     "path",
