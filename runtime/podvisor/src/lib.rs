@@ -6,6 +6,8 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hypervisor;
 pub mod ids;
 pub mod image;

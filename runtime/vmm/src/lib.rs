@@ -11,6 +11,8 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logger;
 pub mod metrics;
 pub mod privileges;

@@ -7,7 +7,7 @@ use std::fmt;
 /// The registry that names without a host refer to.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 const DEFAULT_TAG: &str = "latest";
-/// Docker's limit on `host/path`.
+/// Docker's limit on the normalised `host/path` (`docker.io/library/...`).
 const NAME_MAX: usize = 255;
 
 /// A parsed and normalised image reference: `registry/repository` plus a tag
@@ -56,9 +56,6 @@ impl ImageRef {
         if let Some(t) = tag {
             validate_tag(t)?;
         }
-        if name.len() > NAME_MAX {
-            return bad(format!("name is longer than {NAME_MAX} characters"));
-        }
         let (registry, path) = split_registry(name);
         validate_registry(registry)?;
         let registry = if registry == "index.docker.io" {
@@ -72,6 +69,14 @@ impl ImageRef {
         } else {
             path.to_string()
         };
+        // On the normal form, as Docker does: it is what the store records and
+        // what the image is looked up by afterwards.
+        let full = registry.len() + 1 + repository.len();
+        if full > NAME_MAX {
+            return bad(format!(
+                "name {registry}/{repository} is {full} characters, longer than {NAME_MAX}"
+            ));
+        }
         let tag = match (&digest, tag) {
             (Some(_), _) => None,
             (None, Some(t)) => Some(t.to_string()),
@@ -277,6 +282,18 @@ mod tests {
 
     fn norm(s: &str) -> String {
         ImageRef::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn the_length_limit_applies_to_the_normal_form() {
+        // "docker.io/library/" is 18 characters: 237 more make 255.
+        let fits = "a".repeat(237);
+        assert_eq!(norm(&fits), format!("docker.io/library/{fits}:latest"));
+        let over = "a".repeat(238);
+        let err = ImageRef::parse(&over).unwrap_err();
+        assert!(err.0.contains("256 characters, longer than 255"), "{err}");
+        // Found by fuzzing: it parsed, but its own normal form did not.
+        assert!(ImageRef::parse(&format!("{over}:v1")).is_err());
     }
 
     #[test]

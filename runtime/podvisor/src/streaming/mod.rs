@@ -9,7 +9,7 @@
 
 pub mod config;
 mod exec_spdy;
-mod exec_ws;
+pub(crate) mod exec_ws;
 mod http;
 mod portforward;
 pub mod remotecommand;

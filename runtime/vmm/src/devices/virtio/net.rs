@@ -75,7 +75,13 @@ impl Net {
             Some(m) => parse_mac(m).map_err(NetError::Config)?,
             None => random_mac(),
         };
-        Ok(Net {
+        Ok(Net::with_tap(tap, mac, counters))
+    }
+
+    /// The device on an already opened tap (or its test stand-in).
+    #[doc(hidden)]
+    pub fn with_tap(tap: Tap, mac: [u8; 6], counters: Arc<DeviceCounters>) -> Net {
+        Net {
             tap,
             mac,
             counters,
@@ -83,7 +89,7 @@ impl Net {
             pending: None,
             tap_polled: false,
             buf: vec![0u8; MAX_FRAME],
-        })
+        }
     }
 
     fn set_tap_polling(&mut self, on: bool) {
