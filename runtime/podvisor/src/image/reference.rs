@@ -342,7 +342,8 @@ mod tests {
     fn bad_references_are_refused() {
         // Each input with the part of the message that names its fault.
         let long = format!("a/{}", "b".repeat(300));
-        let too_long = format!("name is longer than {NAME_MAX} characters");
+        // The limit applies to the normalised name (docker.io/a/bbb…).
+        let too_long = format!("is 312 characters, longer than {NAME_MAX}");
         for (s, why) in [
             ("", "empty reference"),
             ("Busybox", "repository name must be lowercase"),
