@@ -42,8 +42,14 @@ pub struct TermSize {
     pub height: u16,
 }
 
+/// The most a partial size object may hold: `{"Width":65535,"Height":65535}`
+/// is 32 bytes, so anything this long is not a size and is dropped rather
+/// than kept growing at the client's will.
+const SIZE_PENDING_MAX: usize = 1024;
+
 /// Splits a byte stream of concatenated JSON sizes into sizes; a partial
-/// object waits for more bytes, garbage is dropped.
+/// object waits for more bytes (up to [`SIZE_PENDING_MAX`]), garbage is
+/// dropped.
 #[derive(Default)]
 pub struct SizeDecoder {
     pending: Vec<u8>,
@@ -52,6 +58,11 @@ pub struct SizeDecoder {
 impl SizeDecoder {
     pub fn push(&mut self, data: &[u8]) -> Vec<TermSize> {
         self.pending.extend_from_slice(data);
+        if self.pending.len() > SIZE_PENDING_MAX {
+            // Keep what may start the next object; the rest cannot be one.
+            let keep_from = self.pending.len() - SIZE_PENDING_MAX;
+            self.pending.drain(..keep_from);
+        }
         let mut sizes = Vec::new();
         let mut it = serde_json::Deserializer::from_slice(&self.pending).into_iter::<TermSize>();
         let consumed = loop {
@@ -374,6 +385,26 @@ pub fn status_text(outcome: &Outcome) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_partial_size_does_not_grow_the_buffer() {
+        let mut d = SizeDecoder::default();
+        assert!(d.push(b"{\"Width\":").is_empty());
+        for _ in 0..1000 {
+            assert!(d.push(&[b' '; 4096]).is_empty());
+            assert!(d.pending.len() <= SIZE_PENDING_MAX);
+        }
+        // The garbage goes, and a well-formed size comes through after it.
+        assert!(d.push(b"}").is_empty());
+        let sizes = d.push(b"{\"Width\":80,\"Height\":24}");
+        assert_eq!(
+            sizes,
+            [TermSize {
+                width: 80,
+                height: 24
+            }]
+        );
+    }
 
     #[test]
     fn sizes_decode_across_pieces() {
