@@ -902,17 +902,7 @@ async fn recovery(test: &str) {
     assert_eq!(exec(&mut cri, &waiting, "echo up").await, "up");
 
     // The pod's VM dies while the daemon is down.
-    let info = cri
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let vm_pid = i32::try_from(info["vmPid"].as_i64().expect("vmPid")).expect("a pid");
+    let vm_pid = pod_vm_pid(&mut cri, &pod).await;
     assert!(!daemon.vm_processes().is_empty());
     daemon.kill();
     nix::sys::signal::kill(
